@@ -1,0 +1,354 @@
+"""The issuer's signing keys, cached in memory and refreshed in the background: verifying never waits on HTTP.
+
+Logto serves its JWKS with `Cache-Control: no-cache` and rotates keys by publishing the new key next to the old one,
+so the cache does its own timing:
+
+- a background task (`run`) loads the keys at start (retrying with backoff) and refreshes them periodically;
+- every fetch is single-flight: concurrent callers share one request;
+- a token naming an unknown `kid` triggers at most one refetch per cooldown, so a flood of made-up kids cannot turn
+  into a flood of JWKS requests;
+- a failed fetch keeps the old keys (stale-on-error): an issuer outage must not turn every request into a 401.
+
+Keys are parsed once per fetch into `jwt.PyJWK` objects indexed by (kid, alg); a JWK that cannot be used safely is
+skipped with a warning rather than failing the whole set. Only the `kid` of a key is ever logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import aiohttp
+import jwt
+import structlog
+
+from scopegate.config import ASYMMETRIC_ALGORITHMS
+from scopegate.errors import InvalidToken, JwksFetchError, JwksUnavailable
+
+FetchJwks = Callable[[], Awaitable[Mapping[str, Any]]]
+
+MAX_KEYS = 100
+_FIRST_BACKOFF_SECONDS = 1.0
+_MAX_BACKOFF_SECONDS = 30.0
+
+# Which algorithms each key type can serve (RFC 7518 section 3.1, RFC 8037 section 3.1).
+_EC_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+_RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+_OKP_CURVES = frozenset({"Ed25519", "Ed448"})
+
+_log = structlog.get_logger("scopegate.jwks")
+
+
+# --- the key set ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _KeySet:
+    """One JWKS, parsed; replaced as a whole, so a lookup never sees half of an old and half of a new set."""
+
+    by_kid: Mapping[str, Mapping[str, jwt.PyJWK]]  # kid -> alg -> key
+    by_alg: Mapping[str, tuple[jwt.PyJWK, ...]]  # alg -> every key serving it, for tokens without a kid
+    count: int
+
+    def find(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
+        """The key, None when the kid is unknown (a refetch may help), or InvalidToken when no refetch can help."""
+        if kid is None:
+            candidates = self.by_alg.get(alg, ())
+            if len(candidates) > 1:
+                raise InvalidToken("unknown_kid", "the access token names no key id and the issuer has several keys")
+            return candidates[0] if candidates else None
+        keys = self.by_kid.get(kid)
+        if keys is None:
+            return None
+        if alg not in keys:
+            raise InvalidToken("alg_key_mismatch", "the access token algorithm does not fit its signing key")
+        return keys[alg]
+
+
+_NO_KEYS = _KeySet(by_kid={}, by_alg={}, count=0)
+
+
+class _Unusable(Exception):
+    """A JWK this cache will not use; `why` is a short fixed token for the log."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def _parse_jwks(document: Mapping[str, Any], algorithms: frozenset[str]) -> _KeySet:
+    """The usable keys of a JWKS document; raises JwksFetchError when it is not a JWKS or has no usable key."""
+    entries = document.get("keys")
+    if not isinstance(entries, list):
+        raise JwksFetchError('the JWKS document has no "keys" array')
+    if len(entries) > MAX_KEYS:
+        _log.warning("jwks_truncated", keys=len(entries), kept=MAX_KEYS)
+    by_kid: dict[str, dict[str, jwt.PyJWK]] = {}
+    by_alg: dict[str, list[jwt.PyJWK]] = {}
+    count = 0
+    for entry in entries[:MAX_KEYS]:
+        kid, keys = _usable_key(entry, algorithms, by_kid)
+        if not keys:
+            continue
+        count += 1
+        if kid is not None:
+            by_kid[kid] = keys
+        for alg, key in keys.items():
+            by_alg.setdefault(alg, []).append(key)
+    if count == 0:
+        raise JwksFetchError(f"the JWKS has no key usable with the allowed algorithms {', '.join(sorted(algorithms))}")
+    return _KeySet(by_kid=by_kid, by_alg={alg: tuple(keys) for alg, keys in by_alg.items()}, count=count)
+
+
+def _usable_key(
+    entry: object, algorithms: frozenset[str], seen: Mapping[str, object]
+) -> tuple[str | None, dict[str, jwt.PyJWK]]:
+    """(kid, alg -> key) for one JWK; an unusable JWK is logged and yields no keys."""
+    kid = entry.get("kid") if isinstance(entry, dict) else None
+    try:
+        if kid is not None and not isinstance(kid, str):
+            raise _Unusable("kid_not_a_string")
+        if kid in seen:
+            raise _Unusable("duplicate_kid")  # which of the two would the issuer sign with? use the first
+        return kid, _keys_for(entry, algorithms)
+    except _Unusable as exc:
+        _log.warning("jwk_skipped", kid=kid[:100] if isinstance(kid, str) else None, why=exc.why)
+        return None, {}
+
+
+def _keys_for(entry: object, algorithms: frozenset[str]) -> dict[str, jwt.PyJWK]:
+    if not isinstance(entry, dict):
+        raise _Unusable("not_an_object")
+    _check_purpose(entry)
+    served = _algorithms_of(entry) & algorithms
+    if not served:
+        raise _Unusable("no_allowed_algorithm")
+    try:
+        keys = {alg: jwt.PyJWK(dict(entry), algorithm=alg) for alg in sorted(served)}
+    except Exception as exc:  # pyjwt and cryptography raise many types for a broken JWK
+        raise _Unusable("unparseable") from exc
+    if any(key.Algorithm.check_key_length(key.key) for key in keys.values()):
+        raise _Unusable("key_too_short")  # RSA below 2048 bits
+    return keys
+
+
+def _check_purpose(entry: Mapping[str, Any]) -> None:
+    """A key published for encryption, or with private parts, is not one to verify signatures with."""
+    if entry.get("kty") == "oct":
+        raise _Unusable("symmetric")  # a shared secret in a public JWKS: never
+    if "use" in entry and entry["use"] != "sig":
+        raise _Unusable("not_for_signatures")
+    ops = entry.get("key_ops")
+    if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+        raise _Unusable("not_for_verification")
+    if "d" in entry:
+        raise _Unusable("private_key")  # the issuer has published its private key: trust none of its tokens
+
+
+def _algorithms_of(entry: Mapping[str, Any]) -> frozenset[str]:
+    """The JWK's `alg` when it names one its key type supports; else every algorithm the key type can serve."""
+    kty, crv = entry.get("kty"), entry.get("crv")
+    if kty == "EC" and isinstance(crv, str) and crv in _EC_ALGORITHMS:
+        possible = frozenset({_EC_ALGORITHMS[crv]})
+    elif kty == "RSA":
+        possible = _RSA_ALGORITHMS
+    elif kty == "OKP" and isinstance(crv, str) and crv in _OKP_CURVES:
+        possible = frozenset({"EdDSA"})
+    else:
+        raise _Unusable("unsupported_key_type")
+    alg = entry.get("alg")
+    if alg is None:
+        return possible  # Logto's RSA keys carry no `alg`
+    if not isinstance(alg, str) or alg not in possible:
+        raise _Unusable("alg_does_not_fit_key")
+    return frozenset({alg})
+
+
+# --- the cache ------------------------------------------------------------------------------------------------
+
+
+class JwksCache:
+    """The issuer's keys for `TokenVerifier` (a `KeySource`): refreshed in the background, refetched on rotation."""
+
+    def __init__(
+        self,
+        *,
+        fetch: FetchJwks,
+        algorithms: frozenset[str],
+        refresh_seconds: float,
+        refetch_cooldown_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_refresh: Callable[[bool, int], None] | None = None,
+    ) -> None:
+        if not algorithms <= ASYMMETRIC_ALGORITHMS:
+            raise ValueError(f"only asymmetric algorithms can be allowed; got {sorted(algorithms)}")
+        self._fetch = fetch
+        self._algorithms = algorithms
+        self._refresh_seconds = refresh_seconds
+        self._cooldown = refetch_cooldown_seconds
+        self._clock = clock
+        self._sleep = sleep
+        self._on_refresh = on_refresh
+        self._keys = _NO_KEYS
+        self._in_flight: asyncio.Task[bool] | None = None
+        self._last_fetch_started: float | None = None
+
+    @property
+    def has_keys(self) -> bool:
+        return self._keys.count > 0
+
+    @property
+    def key_count(self) -> int:
+        return self._keys.count
+
+    async def refresh(self) -> bool:
+        """Fetch now, or join the fetch already running; False (old keys kept) when it fails."""
+        if self._in_flight is None or self._in_flight.done():
+            self._last_fetch_started = self._clock()
+            self._in_flight = asyncio.create_task(self._fetch_and_swap(), name="jwks-fetch")
+        # shield: a caller that gives up (a cancelled request) must not cancel the fetch others are waiting on
+        return await asyncio.shield(self._in_flight)
+
+    async def key_for(self, kid: str | None, alg: str) -> jwt.PyJWK:
+        """The key for (kid, alg); an unknown kid triggers at most one refetch per cooldown."""
+        if alg not in self._algorithms:
+            raise InvalidToken(
+                "alg_not_allowed", "the access token is signed with an algorithm this gateway does not accept"
+            )
+        key = self._keys.find(kid, alg)
+        if key is None:
+            await self._refetch_after_miss()
+            if not self.has_keys:
+                raise JwksUnavailable("no_signing_keys")
+            key = self._keys.find(kid, alg)
+        if key is None:
+            raise InvalidToken("unknown_kid", "the access token is signed with a key the issuer does not publish")
+        return key
+
+    async def run(self) -> None:
+        """Load the keys (retrying with backoff), then refresh them every `refresh_seconds`, until cancelled."""
+        cap = min(_MAX_BACKOFF_SECONDS, self._refresh_seconds)
+        backoff = min(_FIRST_BACKOFF_SECONDS, cap)
+        while True:
+            if await self.refresh():
+                delay, backoff = self._refresh_seconds, min(_FIRST_BACKOFF_SECONDS, cap)
+            else:
+                delay, backoff = backoff, min(backoff * 2, cap)
+            await self._sleep(delay)
+
+    async def _refetch_after_miss(self) -> None:
+        """Join a fetch in flight, or start one unless the last one started less than a cooldown ago."""
+        last = self._last_fetch_started
+        if self._in_flight is None and last is not None and self._clock() - last < self._cooldown:
+            return
+        await self.refresh()
+
+    async def _fetch_and_swap(self) -> bool:
+        try:
+            success = await self._load()
+            if self._on_refresh is not None:
+                self._on_refresh(success, self.key_count)
+            return success
+        finally:
+            self._in_flight = None
+
+    async def _load(self) -> bool:
+        try:
+            keys = _parse_jwks(await self._fetch(), self._algorithms)
+        except Exception as exc:  # whatever the fetcher raises, the old keys keep serving
+            _log.warning("jwks_refresh_failed", error=str(exc) or type(exc).__name__, keys=self.key_count)
+            return False
+        self._keys = keys
+        _log.info("jwks_refreshed", keys=keys.count)
+        return True
+
+
+# --- fetching over HTTP ---------------------------------------------------------------------------------------
+
+
+class HttpJwksFetcher:
+    """`FetchJwks` over the app's aiohttp session: OIDC discovery (once) when no jwks_uri is configured, then the JWKS.
+
+    Every failure is a `JwksFetchError` naming the URL; aiohttp's exceptions never leave this class.
+    """
+
+    __slots__ = ("_discovery_url", "_issuer", "_jwks_uri", "_max_bytes", "_session", "_timeout")
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        issuer: str,
+        jwks_uri: str | None,
+        timeout_seconds: float = 5.0,
+        max_bytes: int = 1 << 20,
+    ) -> None:
+        self._session = session
+        self._issuer = issuer
+        self._jwks_uri = jwks_uri
+        self._discovery_url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._max_bytes = max_bytes
+
+    async def __call__(self) -> Mapping[str, Any]:
+        return await self._get_json(await self._jwks_url())
+
+    async def _jwks_url(self) -> str:
+        if self._jwks_uri is None:
+            document = await self._get_json(self._discovery_url)
+            self._jwks_uri = _jwks_uri_from_discovery(document, self._issuer, self._discovery_url)
+        return self._jwks_uri
+
+    async def _get_json(self, url: str) -> Mapping[str, Any]:
+        try:
+            async with self._session.get(
+                url, timeout=self._timeout, allow_redirects=False, headers={"Accept": "application/json"}
+            ) as response:
+                if response.status != 200:
+                    _fail(url, f"HTTP {response.status} (expected 200; redirects are not followed)")
+                body = await _read_bounded(response.content, self._max_bytes, url)
+        except TimeoutError as exc:
+            _fail(url, f"no complete answer within {self._timeout.total} s", exc)
+        except aiohttp.ClientError as exc:
+            _fail(url, f"{type(exc).__name__}: {exc}", exc)
+        return _json_object(body, url)
+
+
+def _fail(url: str, what: str, cause: BaseException | None = None) -> NoReturn:
+    raise JwksFetchError(f"GET {url}: {what}") from cause
+
+
+async def _read_bounded(content: aiohttp.StreamReader, max_bytes: int, url: str) -> bytes:
+    """The body, refusing more than max_bytes whatever Content-Length claims (or omits)."""
+    body = bytearray()
+    async for chunk in content.iter_any():
+        body += chunk
+        if len(body) > max_bytes:
+            _fail(url, f"body larger than {max_bytes} bytes")
+    return bytes(body)
+
+
+def _json_object(body: bytes, url: str) -> Mapping[str, Any]:
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        _fail(url, f"body is not JSON ({type(exc).__name__})", exc)
+    if not isinstance(value, dict):
+        _fail(url, "body is not a JSON object")
+    return value
+
+
+def _jwks_uri_from_discovery(document: Mapping[str, Any], issuer: str, url: str) -> str:
+    """OIDC Discovery section 4.3: the document's issuer must be ours exactly, or its keys are someone else's."""
+    if document.get("issuer") != issuer:
+        _fail(url, f"discovery names issuer {str(document.get('issuer'))[:200]!r}, not the configured {issuer!r}")
+    jwks_uri = document.get("jwks_uri")
+    if not isinstance(jwks_uri, str) or urlsplit(jwks_uri).scheme not in ("http", "https"):
+        _fail(url, "discovery has no http(s) jwks_uri")
+    return jwks_uri
