@@ -13,6 +13,7 @@ meets them and never reach the pipeline.
     ├── JwksFetchError         discovery or the JWKS could not be fetched or parsed (cached keys keep serving)
     └── Rejection              a request is refused; `reason` says why, `detail` says the finer cause
         ├── BadPath            the path is ambiguous or hostile after normalization      -> 400 / 414
+        ├── NoRoute            no route rule matches the method and path (default deny)  -> 404
         ├── BadRequest         the request is malformed (several Authorization headers)   -> 400
         ├── MissingOrganization the route needs an organization id the request lacks    -> 400
         ├── MissingToken       no bearer token                                           -> 401
@@ -135,6 +136,12 @@ class BadPath(Rejection):
     """The request path is ambiguous after normalization: encoded `/` or `\\`, raw `\\`, NUL, `..` above the root."""
 
     reason = Reason.BAD_PATH
+
+
+class NoRoute(Rejection):
+    """No route rule matches the request's method and normalized path: default deny."""
+
+    reason = Reason.NO_ROUTE
 
 
 class BadRequest(Rejection):

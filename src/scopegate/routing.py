@@ -112,9 +112,7 @@ def _remove_dot_segments(path: str) -> str:
             kept.pop()
             continue
         if _PARAMETERS.split(segment, maxsplit=1)[0] in (".", ".."):
-            raise BadPath(
-                "dot_segment_with_parameters", "the request path has a '.' or '..' segment with parameters"
-            )
+            raise BadPath("dot_segment_with_parameters", "the request path has a '.' or '..' segment with parameters")
         kept.append(segment)
     # A path ending in a dot segment names a directory, so it gets a trailing slash, as in RFC 3986.
     trailing = "/" if kept and segments[-1] in ("", ".", "..") else ""
@@ -156,9 +154,7 @@ def compile_template(template: str) -> PathTemplate:
     if template == "/":
         return PathTemplate(template, (), re.compile("/"))
     if "//" in template:
-        raise TemplateError(
-            f"empty segment ('//') in {template!r}; every segment between '/' must be non-empty"
-        )
+        raise TemplateError(f"empty segment ('//') in {template!r}; every segment between '/' must be non-empty")
     if template.endswith("/"):
         raise TemplateError(
             f"a path template must not end with '/' (a trailing '/' on the request is ignored when matching);"

@@ -1,0 +1,119 @@
+"""Wiring: the one place that builds the stages, owns their resources and serves the two ports.
+
+`Gateway` owns what lives as long as the process: the shared upstream client session, the JWKS cache and its
+background refresh, the metrics, the rules in force and the readiness state. `create_proxy_server` serves the proxy
+port, `create_admin_app` the admin port (`/healthz`, `/readyz`, `/metrics`), which is never the proxy port.
+
+The proxy port is aiohttp's low-level `web.Server`, with no URL router in front of the pipeline: a router matches
+on the decoded path (its `.*` does not even match a decoded newline), and the only path matching that may happen
+is scopegate's own, on the normalized path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from scopegate.config import Config
+from scopegate.jwks import HttpJwksFetcher, JwksCache
+from scopegate.observability import Metrics
+from scopegate.pipeline import Pipeline, Ruleset
+from scopegate.proxy import Upstream, new_session
+from scopegate.tokens import TokenVerifier
+
+log = structlog.get_logger("scopegate")
+
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
+
+
+class Gateway:
+    """The long-lived state of one scopegate process."""
+
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.draining = False
+        self._pipeline: Pipeline | None = None
+        self._keys: JwksCache | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining and self._keys is not None and self._keys.has_keys
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            raise RuntimeError("the gateway is not started")
+        return self._pipeline
+
+    async def start(self) -> None:
+        config = self.config
+        auth = config.auth
+        self._session = new_session()
+        self._keys = JwksCache(
+            fetch=HttpJwksFetcher(self._session, issuer=auth.issuer, jwks_uri=auth.jwks_uri),
+            algorithms=auth.algorithms,
+            refresh_seconds=auth.jwks_refresh_seconds,
+            refetch_cooldown_seconds=auth.jwks_refetch_cooldown_seconds,
+            on_refresh=self.metrics.jwks_refreshed,
+        )
+        verifier = TokenVerifier(
+            issuer=auth.issuer, algorithms=auth.algorithms, leeway_seconds=auth.leeway_seconds, keys=self._keys
+        )
+        upstream = Upstream(self._session, config.upstream, config.upstream_timeout_seconds)
+        self._pipeline = Pipeline(
+            rules=Ruleset.build(config), verifier=verifier, upstream=upstream, metrics=self.metrics
+        )
+        self._refresh_task = asyncio.create_task(self._keys.run(), name="jwks-refresh")
+
+    async def stop(self) -> None:
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh_task
+        if self._session is not None:
+            await self._session.close()
+
+    def use_config(self, config: Config) -> None:
+        """Swap in new rules; requests already running keep the ruleset they started with."""
+        self.config = config
+        self.pipeline.rules = Ruleset.build(config)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        return await self.pipeline.handle(request)
+
+
+def create_proxy_server(gateway: Gateway) -> web.Server:
+    """The proxy port: every method and request target goes to the pipeline, untouched by any router."""
+    return web.Server(gateway.handle, access_log=None, max_field_size=32768, max_line_size=16384)
+
+
+def create_admin_app(gateway: Gateway) -> web.Application:
+    """The admin port: liveness, readiness and Prometheus metrics."""
+    app = web.Application()
+    app[GATEWAY] = gateway
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if gateway.ready:
+            return web.json_response({"status": "ready"})
+        why = "draining" if gateway.draining else "no signing keys loaded yet"
+        return web.json_response({"status": "not ready", "why": why}, status=503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(gateway.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,69 @@
+"""What the request itself claims: its bearer token, the organization it names, and headers it may not carry.
+
+The token comes only from one `Authorization: Bearer` header (RFC 6750 section 2.1). Several Authorization headers,
+or an organization id given twice, are refused: scopegate and the upstream could each pick a different one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from multidict import MultiMapping
+
+from scopegate.config import OrganizationFrom, OrganizationSource
+from scopegate.errors import BadRequest, InvalidToken, MissingOrganization, MissingToken
+
+# Identity headers are scopegate's to set; any the client sends are removed on every route, public ones included.
+IDENTITY_HEADER_PREFIX = "x-auth-"
+
+# RFC 6750 section 2.1 b64token.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# Organization ids end up in an audience URN and an upstream header: visible ASCII only, bounded.
+_ORGANIZATION_ID = re.compile(r"[!-~]{1,256}")
+
+
+def bearer_token(headers: MultiMapping[str]) -> str:
+    """The token of the single `Authorization: Bearer` header; raises MissingToken, BadRequest or InvalidToken."""
+    values = headers.getall("Authorization", [])
+    if not values:
+        raise MissingToken("no_authorization_header")
+    if len(values) > 1:
+        raise BadRequest("several_authorization_headers", "send exactly one Authorization header")
+    scheme, _, credentials = values[0].strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise MissingToken("not_bearer_scheme", "use the Bearer authentication scheme")
+    token = credentials.strip(" ")
+    if not _B64TOKEN.fullmatch(token):
+        raise InvalidToken("malformed", "the Authorization header does not carry a well-formed bearer token")
+    return token
+
+
+def is_identity_header(name: str) -> bool:
+    """`X-Auth-*` in any case, and with `_` for `-`: CGI-style servers (WSGI, PHP) read `X_Auth_Sub` as `X-Auth-Sub`."""
+    return name.lower().replace("_", "-").startswith(IDENTITY_HEADER_PREFIX)
+
+
+def organization_id(
+    source: OrganizationSource,
+    params: Mapping[str, str],
+    headers: MultiMapping[str],
+    query: MultiMapping[str],
+) -> str:
+    """The organization id the request names, from where the route says; raises MissingOrganization."""
+    if source.source is OrganizationFrom.PATH:
+        values = [params[source.name]] if source.name in params else []
+    elif source.source is OrganizationFrom.HEADER:
+        values = headers.getall(source.name, [])
+    else:
+        values = query.getall(source.name, [])
+    where = f"{source.source.value} {source.name!r}"
+    if not values:
+        raise MissingOrganization("absent", f"the request carries no organization id ({where})")
+    if len(values) > 1:
+        raise MissingOrganization("several", f"the request carries several organization ids ({where})")
+    # Not stripped: the id checked must be the very id the upstream reads from the same place.
+    value = values[0]
+    if not _ORGANIZATION_ID.fullmatch(value):
+        raise MissingOrganization("invalid", f"the organization id is empty or not visible ASCII ({where})")
+    return value

@@ -1,0 +1,104 @@
+"""Decision logs and metrics: what an operator reads to see why each request was allowed or denied.
+
+Logs are one JSON object per line on stdout (a readable console rendering when stdout is a terminal). As a last
+line of defence, a processor masks anything shaped like a JWT or a bearer credential in any log field, so a token
+cannot reach the log even through an exception message.
+
+Metrics live in a registry owned by the app (tests build their own); label values are bounded: route names from the
+config and the closed `Reason` set, never a path or a subject.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+_JWT_SHAPED = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+_BEARER_CREDENTIAL = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9\-._~+/]+=*")
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def redact(value: str) -> str:
+    """`value` with JWT-shaped strings and bearer credentials masked."""
+    if "eyJ" not in value and "earer" not in value:
+        return value
+    return _BEARER_CREDENTIAL.sub(r"\1[redacted]", _JWT_SHAPED.sub("[redacted-jwt]", value))
+
+
+def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = redact(value)
+    return event
+
+
+def configure_logging(level: str = "info", *, stream: TextIO | None = None, json: bool | None = None) -> None:
+    """Set up structlog once per process: JSON lines, or console rendering when the stream is a TTY."""
+    out = stream or sys.stdout
+    as_json = json if json is not None else not out.isatty()
+    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _redact_event,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+
+class Metrics:
+    """Every metric scopegate exports, registered in one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "scopegate_requests", "Requests by route, decision and reason.", ["route", "decision", "reason"], registry=r
+        )
+        self.request_duration = Histogram(
+            "scopegate_request_duration_seconds",
+            "Whole request as seen by the client.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "scopegate_upstream_duration_seconds",
+            "Until the upstream's response headers arrived.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.jwks_refresh = Counter("scopegate_jwks_refresh", "JWKS fetch attempts.", ["result"], registry=r)
+        self.jwks_keys = Gauge("scopegate_jwks_keys", "Signing keys currently cached.", registry=r)
+        self.config_reloads = Counter("scopegate_config_reloads", "Config reload attempts.", ["result"], registry=r)
+        self.config_info = Gauge(
+            "scopegate_config_info", "Hash of the config in force (value 1).", ["hash"], registry=r
+        )
+        self.inflight = Gauge("scopegate_inflight_requests", "Requests being handled now.", registry=r)
+        if process:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+
+    def jwks_refreshed(self, success: bool, keys: int) -> None:
+        self.jwks_refresh.labels("success" if success else "failure").inc()
+        self.jwks_keys.set(keys)
+
+    def config_loaded(self, digest: str) -> None:
+        self.config_info.clear()
+        self.config_info.labels(digest).set(1)
