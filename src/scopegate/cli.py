@@ -1,0 +1,180 @@
+"""The `scopegate` command: run, check, explain, demo.
+
+Exit codes: 0 success (explain: allow), 1 explain: deny / run: could not serve, 2 invalid config or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from scopegate import __version__
+from scopegate.config import Config, load_config
+from scopegate.errors import ConfigError
+
+EXIT_OK, EXIT_DENY, EXIT_FAILED, EXIT_CONFIG = 0, 1, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"run": _run, "check": _check, "explain": _explain, "demo": _demo}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scopegate", description="Policy enforcement proxy for Logto / RFC 9068 access tokens."
+    )
+    parser.add_argument("--version", action="version", version=f"scopegate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="serve the proxy and the admin port")
+    _config_option(run, required_env=True)
+    run.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
+
+    check = commands.add_parser("check", help="validate a config file")
+    _config_option(check, required_env=True)
+
+    explain = commands.add_parser("explain", help="show which route matches a request and the decision")
+    _config_option(explain, required_env=True)
+    explain.add_argument("method", metavar="METHOD")
+    explain.add_argument("url", metavar="URL", help="a full URL or a path with query")
+    token = explain.add_mutually_exclusive_group()
+    token.add_argument("--token", metavar="JWT", help="verify this token against the issuer's JWKS")
+    token.add_argument("--claims", metavar="JSON", help="use these claims as they are (no signature check)")
+    explain.add_argument(
+        "--header", action="append", default=[], metavar="NAME:VALUE", help="a request header (repeatable)"
+    )
+
+    demo = commands.add_parser("demo", help="run a local issuer, an echo upstream and the proxy, print curl lines")
+    demo.add_argument("--config", type=Path, default=None, help="rules to serve (default: the bundled demo.yaml)")
+    for name in ("proxy", "admin", "issuer", "upstream"):
+        demo.add_argument(f"--{name}-port", type=int, default=None, metavar="PORT", help=f"{name} port (0: any free)")
+    return parser
+
+
+def _config_option(parser: argparse.ArgumentParser, *, required_env: bool) -> None:
+    default = os.environ.get("SCOPEGATE_CONFIG")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(default) if default else None,
+        required=required_env and not default,
+        help="config file (or set SCOPEGATE_CONFIG)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _load(path: Path) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print("\n".join(exc.problems))
+        print(f"{args.config}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return EXIT_CONFIG
+    public = sum(rule.public for rule in config.routes)
+    print(
+        f"{args.config}: OK: {len(config.routes)} routes ({len(config.routes) - public} protected, {public} public); "
+        f"issuer {config.auth.issuer}; upstream {config.upstream}"
+    )
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from scopegate.observability import configure_logging
+    from scopegate.serve import Server, run_until_signalled
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    if args.workers != 1:
+        print("scopegate: --workers above 1 is not available yet", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(config.log_level)
+    _use_uvloop()
+    try:
+        return asyncio.run(run_until_signalled(Server(config)))
+    except OSError as exc:
+        print(f"scopegate: cannot serve: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from scopegate.explain import explain
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    claims: Any = None
+    if args.claims is not None:
+        try:
+            claims = json.loads(args.claims)
+        except json.JSONDecodeError as exc:
+            print(f"scopegate: --claims is not JSON: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        if not isinstance(claims, dict):
+            print("scopegate: --claims must be a JSON object", file=sys.stderr)
+            return EXIT_CONFIG
+    headers = dict(_header(text) for text in args.header)
+    result = asyncio.run(explain(config, args.method, args.url, headers=headers, token=args.token, claims=claims))
+    print("\n".join(result.lines(config)))
+    return EXIT_OK if result.allowed else EXIT_DENY
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise SystemExit(f"scopegate: --header wants NAME:VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from scopegate.demo import DEMO_CONFIG, DemoPorts, run_demo
+    from scopegate.observability import configure_logging
+
+    config = _load(args.config or DEMO_CONFIG)
+    if config is None:
+        return EXIT_CONFIG
+    configure_logging(config.log_level)
+    _use_uvloop()
+    ports = DemoPorts(
+        proxy=args.proxy_port, admin=args.admin_port, issuer=args.issuer_port, upstream=args.upstream_port
+    )
+    try:
+        return asyncio.run(run_demo(config, ports))
+    except OSError as exc:
+        print(f"scopegate demo: cannot listen: {exc} (choose other ports with --proxy-port etc.)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _use_uvloop() -> None:
+    """uvloop when installed (the `speed` extra): a faster event loop, same behaviour."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
