@@ -72,8 +72,7 @@ async def test_no_query_is_an_empty_string(client: Client) -> None:
 async def test_headers_are_echoed_and_repeats_joined(client: Client) -> None:
     response = await raw_exchange(
         client,
-        b"GET /h HTTP/1.1\r\nHost: x\r\nX-Scopegate-Sub: user-1\r\n"
-        b"X-Tag: a\r\nx-tag: b\r\nConnection: close\r\n\r\n",
+        b"GET /h HTTP/1.1\r\nHost: x\r\nX-Scopegate-Sub: user-1\r\nX-Tag: a\r\nx-tag: b\r\nConnection: close\r\n\r\n",
     )
     headers = json.loads(response.partition(b"\r\n\r\n")[2])["headers"]
     assert headers["X-Scopegate-Sub"] == "user-1"

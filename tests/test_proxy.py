@@ -1,0 +1,170 @@
+"""Forwarding through the real proxy: what the upstream receives, streaming, upstream failures, WebSockets."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import resource
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from conftest import API, IssuerServer, Proxy, ProxyFactory, Running, free_port, make_config
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def token(issuer: IssuerServer) -> str:
+    return issuer.issuer.mint(subject="u1", client_id="c1", resource=API, scopes=["read:report", "chat"])
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_method_path_query_and_body_reach_the_upstream(proxy: Proxy, token: str) -> None:
+    url = aiohttp.client.URL(proxy.url + "/up/items?b=%20x&a=1&a=2", encoded=True)
+    async with proxy.session.put(url, data=b"hello", headers=auth(token)) as response:
+        seen = await response.json()
+    assert seen["method"] == "PUT"
+    assert seen["path"] == "/up/items"
+    assert seen["query"] == "b=%20x&a=1&a=2"
+    assert seen["body_bytes"] == 5
+    assert seen["body_sha256"] == hashlib.sha256(b"hello").hexdigest()
+
+
+async def test_hop_by_hop_headers_are_dropped_and_forwarding_headers_added(proxy: Proxy, token: str) -> None:
+    headers = {
+        **auth(token),
+        "Connection": "keep-alive, X-Private-Hop",
+        "X-Private-Hop": "secret",
+        "Keep-Alive": "timeout=5",
+        "TE": "trailers",
+        "Proxy-Authorization": "Basic Zm9vOmJhcg==",
+        "X-Forwarded-For": "203.0.113.7",
+        "X-End-To-End": "kept",
+        "Host": "app.example.com",
+    }
+    async with proxy.session.get(proxy.url + "/up/h", headers=headers) as response:
+        seen = {k.lower(): v for k, v in (await response.json())["headers"].items()}
+    for dropped in ("x-private-hop", "keep-alive", "te", "proxy-authorization"):
+        assert dropped not in seen, dropped
+    assert seen["x-end-to-end"] == "kept"
+    assert seen["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == "app.example.com"
+    assert seen["host"] == "app.example.com", "the client's Host is preserved"
+    assert seen["authorization"] == f"Bearer {token}", "the app may read the token itself"
+
+
+async def test_upstream_status_and_headers_pass_through(proxy: Proxy, token: str) -> None:
+    async with proxy.session.get(proxy.url + "/status/418", headers=auth(token)) as response:
+        assert response.status == 418
+    async with proxy.session.get(proxy.url + "/status/302", headers=auth(token), allow_redirects=False) as resp:
+        assert resp.status == 302, "redirects are the client's business, never followed by the proxy"
+
+
+async def test_large_download_streams_byte_for_byte(proxy: Proxy, token: str) -> None:
+    size = 32 * MiB
+    digest = hashlib.sha256()
+    async with proxy.session.get(proxy.url + f"/bytes/{size}", headers=auth(token)) as response:
+        assert response.headers["Content-Length"] == str(size)
+        async for chunk in response.content.iter_chunked(MiB):
+            digest.update(chunk)
+        expected = response.headers["X-Body-Sha256"]
+    assert digest.hexdigest() == expected
+
+
+async def test_upload_is_streamed_not_buffered(proxy: Proxy, token: str) -> None:
+    """512 MiB through the proxy without the process growing by anything like that."""
+    size, chunk = 512 * MiB, b"\xa5" * MiB
+    expected = hashlib.sha256()
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(size // MiB):
+            expected.update(chunk)
+            yield chunk
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    async with proxy.session.post(proxy.url + "/up/upload", data=body(), headers=auth(token)) as response:
+        seen = await response.json()
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    assert seen["body_bytes"] == size
+    assert seen["body_sha256"] == expected.hexdigest()
+    assert grown < 128 * MiB, f"peak memory grew by {grown / MiB:.0f} MiB for a {size // MiB} MiB upload"
+
+
+async def test_chunked_response_streams_as_it_comes(proxy: Proxy, token: str) -> None:
+    started = time.monotonic()
+    async with proxy.session.get(proxy.url + "/stream/100", headers=auth(token)) as response:
+        first = await response.content.readany()
+        first_at = time.monotonic() - started
+        rest = await response.read()
+    total = time.monotonic() - started
+    assert len(first) + len(rest) == 100 * 1024
+    assert first_at < total / 2, "the first chunk arrived before the upstream had finished"
+
+
+async def test_head_request(proxy: Proxy, token: str) -> None:
+    async with proxy.session.head(proxy.url + "/bytes/1000", headers=auth(token)) as response:
+        assert response.status == 200
+        assert response.headers["Content-Length"] == "1000"
+        assert await response.read() == b""
+
+
+async def test_dead_upstream_is_502(issuer: IssuerServer, start_proxy: ProxyFactory) -> None:
+    proxy = await start_proxy(make_config(issuer.issuer.issuer, f"http://127.0.0.1:{free_port()}"))
+    async with proxy.session.get(proxy.url + "/public/x") as response:
+        assert response.status == 502
+        assert (await response.json())["error"] == "bad_gateway"
+    assert proxy.metrics.requests.labels("public", "allow", "upstream_error")._value.get() == 1
+
+
+async def test_slow_upstream_is_504(proxy: Proxy, token: str) -> None:
+    started = time.monotonic()
+    async with proxy.session.get(proxy.url + "/slow/10", headers=auth(token)) as response:
+        assert response.status == 504
+        assert (await response.json())["error"] == "gateway_timeout"
+    assert time.monotonic() - started < 8, "the 2 s header deadline applied, not the upstream's 10 s"
+    assert proxy.metrics.requests.labels("echo-slow", "allow", "upstream_timeout")._value.get() == 1
+
+
+async def test_keep_alive_connections_are_reused(proxy: Proxy, token: str, upstream: Running) -> None:
+    for _ in range(5):
+        async with proxy.session.get(proxy.url + "/up/k", headers=auth(token)) as response:
+            assert response.status == 200
+    connector = proxy.server.gateway._session.connector  # type: ignore[union-attr]
+    assert connector is not None
+    port = int(upstream.url.rsplit(":", 1)[1])
+    pooled = sum(len(conns) for key, conns in connector._conns.items() if key.port == port)
+    assert pooled == 1, "one pooled upstream connection served all five"
+
+
+async def test_websocket_is_proxied_with_identity(proxy: Proxy, token: str) -> None:
+    async with proxy.session.ws_connect(proxy.url + "/ws/chat", headers=auth(token)) as ws:
+        hello = await ws.receive_json(timeout=5)
+        assert hello["path"] == "/ws/chat"
+        assert hello["headers"]["X-Auth-Subject"] == "u1"
+        await ws.send_str("ping")
+        assert (await ws.receive(timeout=5)).data == "ping"
+        await ws.send_bytes(b"\x00\x01")
+        assert (await ws.receive(timeout=5)).data == b"\x00\x01"
+
+
+async def test_websocket_without_token_is_refused(proxy: Proxy) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await proxy.session.ws_connect(proxy.url + "/ws/chat")
+    assert refused.value.status == 401
+
+
+async def test_concurrent_requests_are_all_answered(proxy: Proxy, token: str) -> None:
+    async def one(i: int) -> int:
+        async with proxy.session.get(proxy.url + f"/up/c/{i}", headers=auth(token)) as response:
+            assert (await response.json())["path"] == f"/up/c/{i}"
+            return response.status
+
+    statuses = await asyncio.gather(*(one(i) for i in range(50)))
+    assert statuses == [200] * 50
