@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import replace
 
 import aiohttp
 import structlog
@@ -23,12 +24,15 @@ from scopegate.config import Config
 from scopegate.jwks import HttpJwksFetcher, JwksCache
 from scopegate.observability import Metrics
 from scopegate.pipeline import Pipeline, Ruleset
-from scopegate.proxy import Upstream, new_session
+from scopegate.proxy import new_session
 from scopegate.tokens import TokenVerifier
 
 log = structlog.get_logger("scopegate")
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
+
+# Settings bound to listeners or to the key cache: a reload reports a change to them and keeps the old values.
+RESTART_ONLY = ("listen", "admin_listen", "auth")
 
 
 class Gateway:
@@ -54,23 +58,20 @@ class Gateway:
         return self._pipeline
 
     async def start(self) -> None:
-        config = self.config
-        auth = config.auth
+        auth = self.config.auth
         self._session = new_session()
         self._keys = JwksCache(
             fetch=HttpJwksFetcher(self._session, issuer=auth.issuer, jwks_uri=auth.jwks_uri),
             algorithms=auth.algorithms,
             refresh_seconds=auth.jwks_refresh_seconds,
             refetch_cooldown_seconds=auth.jwks_refetch_cooldown_seconds,
-            on_refresh=self.metrics.jwks_refreshed,
+            on_refresh=self._keys_refreshed,
         )
         verifier = TokenVerifier(
             issuer=auth.issuer, algorithms=auth.algorithms, leeway_seconds=auth.leeway_seconds, keys=self._keys
         )
-        upstream = Upstream(self._session, config.upstream, config.upstream_timeout_seconds)
-        self._pipeline = Pipeline(
-            rules=Ruleset.build(config), verifier=verifier, upstream=upstream, metrics=self.metrics
-        )
+        rules = Ruleset.build(self.config, self._session)
+        self._pipeline = Pipeline(rules=rules, verifier=verifier, metrics=self.metrics)
         self._refresh_task = asyncio.create_task(self._keys.run(), name="jwks-refresh")
 
     async def stop(self) -> None:
@@ -81,10 +82,26 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
 
-    def use_config(self, config: Config) -> None:
-        """Swap in new rules; requests already running keep the ruleset they started with."""
+    def start_draining(self) -> None:
+        self.draining = True
+        self.metrics.worker_ready.set(0)
+
+    def use_config(self, config: Config) -> list[str]:
+        """Swap in new rules and upstream; returns the settings that only a restart can change (kept as they were).
+
+        Requests already running keep the ruleset they started with.
+        """
+        kept = [name for name in RESTART_ONLY if getattr(config, name) != getattr(self.config, name)]
+        if kept:
+            config = replace(config, **{name: getattr(self.config, name) for name in kept})
+        if self._session is not None:
+            self.pipeline.rules = Ruleset.build(config, self._session)
         self.config = config
-        self.pipeline.rules = Ruleset.build(config)
+        return kept
+
+    def _keys_refreshed(self, success: bool, keys: int) -> None:
+        self.metrics.jwks_refreshed(success, keys)
+        self.metrics.worker_ready.set(1 if self.ready else 0)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         return await self.pipeline.handle(request)

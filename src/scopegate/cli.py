@@ -111,12 +111,13 @@ def _run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    if args.workers != 1:
-        print("scopegate: --workers above 1 is not available yet", file=sys.stderr)
-        return EXIT_CONFIG
     configure_logging(config.log_level)
-    _use_uvloop()
     try:
+        if args.workers > 1:
+            from scopegate.workers import run_workers
+
+            return run_workers(config, args.workers)
+        use_uvloop()
         return asyncio.run(run_until_signalled(Server(config)))
     except OSError as exc:
         print(f"scopegate: cannot serve: {exc}", file=sys.stderr)
@@ -160,7 +161,7 @@ def _demo(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     configure_logging(config.log_level)
-    _use_uvloop()
+    use_uvloop()
     ports = DemoPorts(
         proxy=args.proxy_port, admin=args.admin_port, issuer=args.issuer_port, upstream=args.upstream_port
     )
@@ -171,7 +172,7 @@ def _demo(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
-def _use_uvloop() -> None:
+def use_uvloop() -> None:
     """uvloop when installed (the `speed` extra): a faster event loop, same behaviour."""
     try:
         import uvloop

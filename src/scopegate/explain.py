@@ -20,7 +20,7 @@ from scopegate.bearer import organization_id
 from scopegate.config import Config, RouteRule, ScopeMode
 from scopegate.errors import RESPONSES, MissingToken, NoRoute, Reason, Rejection
 from scopegate.jwks import HttpJwksFetcher, JwksCache
-from scopegate.pipeline import Ruleset
+from scopegate.pipeline import build_router
 from scopegate.policy import Decision, decide
 from scopegate.routing import normalize_path
 from scopegate.tokens import Claims, TokenVerifier, claims_from_payload
@@ -89,7 +89,7 @@ async def explain(
     try:
         target = URL(url, encoded=True)
         result.path = normalize_path(target.raw_path or "/")
-        match = Ruleset.build(config).router.match(result.method, result.path)
+        match = build_router(config).match(result.method, result.path)
         if match is None:
             raise NoRoute("no_route")
         result.route = match.target

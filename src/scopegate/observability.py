@@ -11,6 +11,7 @@ config and the closed `Reason` set, never a path or a subject.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import MutableMapping
@@ -61,8 +62,17 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None, json
     )
 
 
+def multiprocess_dir() -> str | None:
+    """Set by `scopegate run --workers N`: metrics are then written to files there and summed by the admin port."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 class Metrics:
-    """Every metric scopegate exports, registered in one registry."""
+    """Every metric scopegate exports, registered in one registry.
+
+    With several worker processes each gauge says how its values combine (`multiprocess_mode`): in-flight requests
+    and ready workers add up, key counts and the config hash take the largest live value.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -85,12 +95,27 @@ class Metrics:
             registry=r,
         )
         self.jwks_refresh = Counter("scopegate_jwks_refresh", "JWKS fetch attempts.", ["result"], registry=r)
-        self.jwks_keys = Gauge("scopegate_jwks_keys", "Signing keys currently cached.", registry=r)
+        self.jwks_keys = Gauge(
+            "scopegate_jwks_keys", "Signing keys currently cached.", registry=r, multiprocess_mode="livemax"
+        )
         self.config_reloads = Counter("scopegate_config_reloads", "Config reload attempts.", ["result"], registry=r)
         self.config_info = Gauge(
-            "scopegate_config_info", "Hash of the config in force (value 1).", ["hash"], registry=r
+            "scopegate_config_info",
+            "Hash of the config in force (value 1).",
+            ["hash"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
-        self.inflight = Gauge("scopegate_inflight_requests", "Requests being handled now.", registry=r)
+        self.inflight = Gauge(
+            "scopegate_inflight_requests", "Requests being handled now.", registry=r, multiprocess_mode="livesum"
+        )
+        self.worker_ready = Gauge(
+            "scopegate_worker_ready",
+            "Worker processes ready to serve (signing keys loaded, not draining).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self._config_hash: str | None = None
         if process:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
@@ -100,5 +125,11 @@ class Metrics:
         self.jwks_keys.set(keys)
 
     def config_loaded(self, digest: str) -> None:
-        self.config_info.clear()
+        if self._config_hash is not None and self._config_hash != digest:
+            # Multi-process values live in files that clear() cannot reach: mark the old hash 0 instead.
+            if multiprocess_dir():
+                self.config_info.labels(self._config_hash).set(0)
+            else:
+                self.config_info.remove(self._config_hash)
         self.config_info.labels(digest).set(1)
+        self._config_hash = digest

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
+import aiohttp
 import structlog
 from aiohttp import web
 
@@ -51,16 +52,22 @@ _LOGGED_PATH_MAX = 512
 log = structlog.get_logger("scopegate")
 
 
+def build_router(config: Config) -> Router[RouteRule]:
+    return Router([(rule.template, rule.methods, rule) for rule in config.routes])
+
+
 @dataclass(frozen=True, slots=True)
 class Ruleset:
-    """A config with its compiled router: what a reload swaps in as one unit."""
+    """A config with its compiled router and upstream: what a reload swaps in as one unit."""
 
     config: Config
     router: Router[RouteRule]
+    upstream: Upstream
 
     @classmethod
-    def build(cls, config: Config) -> Ruleset:
-        return cls(config, Router([(rule.template, rule.methods, rule) for rule in config.routes]))
+    def build(cls, config: Config, session: aiohttp.ClientSession) -> Ruleset:
+        upstream = Upstream(session, config.upstream, config.upstream_timeout_seconds)
+        return cls(config, build_router(config), upstream)
 
 
 @dataclass(slots=True)
@@ -82,10 +89,9 @@ class Record:
 
 
 class Pipeline:
-    def __init__(self, *, rules: Ruleset, verifier: TokenVerifier, upstream: Upstream, metrics: Metrics) -> None:
-        self.rules = rules  # replaced whole on reload
+    def __init__(self, *, rules: Ruleset, verifier: TokenVerifier, metrics: Metrics) -> None:
+        self.rules = rules  # replaced whole on reload; each request reads it once
         self._verifier = verifier
-        self._upstream = upstream
         self._metrics = metrics
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -112,8 +118,8 @@ class Pipeline:
             record.route = route.name
             if route.public:
                 record.decision, record.reason = "allow", Reason.PUBLIC
-                return await self._forward(request, record, query, {"X-Auth-Route": route.name})
-            return await self._protected(request, route, match, record, query)
+                return await self._forward(request, rules.upstream, record, query, {"X-Auth-Route": route.name})
+            return await self._protected(request, rules.upstream, match, record, query)
         except Rejection as exc:
             record.reason, record.detail = exc.reason, exc.detail
             scopes = route.scopes.scopes if route is not None else ()
@@ -122,8 +128,9 @@ class Pipeline:
             )
 
     async def _protected(
-        self, request: web.BaseRequest, route: RouteRule, match: RouteMatch[RouteRule], record: Record, query: str
+        self, request: web.BaseRequest, upstream: Upstream, match: RouteMatch[RouteRule], record: Record, query: str
     ) -> web.StreamResponse:
+        route = match.target
         claims, decision = await self._authorize(request, route, match, record)
         record.reason, record.detail = decision.reason, decision.detail
         if decision.allowed:
@@ -134,7 +141,7 @@ class Pipeline:
             response = rejection(decision.reason, decision.description, required_scopes=route.scopes.scopes)
             return _with_request_id(response, record)
         identity = _identity(route, claims, record.organization_id) if claims else {"X-Auth-Route": route.name}
-        return await self._forward(request, record, query, identity)
+        return await self._forward(request, upstream, record, query, identity)
 
     async def _authorize(
         self, request: web.BaseRequest, route: RouteRule, match: RouteMatch[RouteRule], record: Record
@@ -158,14 +165,19 @@ class Pipeline:
         return claims, decision
 
     async def _forward(
-        self, request: web.BaseRequest, record: Record, query: str, identity: Mapping[str, str]
+        self,
+        request: web.BaseRequest,
+        upstream: Upstream,
+        record: Record,
+        query: str,
+        identity: Mapping[str, str],
     ) -> web.StreamResponse:
         """Upstream failures raise out to `_process`; the record keeps the policy's decision with their reason."""
         forward = Forward(path=record.path, query=query, identity=identity, request_id=record.request_id)
         if wants_websocket(request):
-            result: Forwarded = await self._upstream.forward_websocket(request, forward)
+            result: Forwarded = await upstream.forward_websocket(request, forward)
         else:
-            result = await self._upstream.forward(request, forward)
+            result = await upstream.forward(request, forward)
         record.upstream_seconds = result.upstream_seconds
         if result.broken:
             record.reason, record.detail = Reason.UPSTREAM_ERROR, "broke_off_mid_body"

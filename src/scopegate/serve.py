@@ -1,14 +1,17 @@
 """`scopegate run`: serve the proxy and admin ports until SIGTERM/SIGINT, then drain and exit 0.
 
 On SIGTERM readiness turns 503 at once, the listener closes, and in-flight requests get `shutdown_grace_seconds` to
-finish (Kubernetes sends SIGTERM and waits for terminationGracePeriodSeconds). SIGHUP reloads the config file: the
-new file is validated in full before it is swapped in; an invalid one is logged and counted and the old rules stay.
+finish (Kubernetes sends SIGTERM and waits for terminationGracePeriodSeconds). The config file is reloaded on SIGHUP
+and whenever it changes on disk, Kubernetes ConfigMap updates included: the new file is validated in full before it
+is swapped in; an invalid one is logged and counted and the old rules keep serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,9 +22,11 @@ from aiohttp import web
 from scopegate.app import Gateway, create_admin_app, create_proxy_server
 from scopegate.config import Config, HostPort, load_config
 from scopegate.errors import ConfigError
-from scopegate.observability import Metrics
+from scopegate.observability import Metrics, configure_logging
 
 log = structlog.get_logger("scopegate")
+
+WATCH_INTERVAL_SECONDS = 0.5
 
 
 def config_digest(path: Path | None) -> str:
@@ -34,36 +39,43 @@ def config_digest(path: Path | None) -> str:
 
 
 class Server:
-    """The two listeners of one process and their lifecycle."""
+    """The listeners of one process and their lifecycle. Worker processes serve the proxy port only."""
 
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, config: Config, metrics: Metrics | None = None, *, admin: bool = True, reuse_port: bool = False
+    ) -> None:
         self.gateway = Gateway(config, metrics)
-        self._runners: list[web.BaseRunner] = []  # admin first, proxy second; made in start(), inside the loop
+        self._admin = admin
+        self._reuse_port = reuse_port
+        self._runners: list[web.BaseRunner] = []  # made in start(), inside the event loop
         self.bound: dict[str, HostPort] = {}
 
     async def start(self) -> None:
         config = self.gateway.config
         await self.gateway.start()
-        admin = web.AppRunner(create_admin_app(self.gateway), access_log=None, shutdown_timeout=1.0)
+        if self._admin:
+            admin = web.AppRunner(create_admin_app(self.gateway), access_log=None, shutdown_timeout=1.0)
+            self._runners.append(admin)
+            await admin.setup()
+            self.bound["admin"] = await _bind(admin, config.admin_listen)
         proxy = web.ServerRunner(create_proxy_server(self.gateway), shutdown_timeout=config.shutdown_grace_seconds)
-        self._runners = [admin, proxy]
-        await admin.setup()
-        self.bound["admin"] = await _bind(admin, config.admin_listen)
+        self._runners.append(proxy)
         await proxy.setup()
-        self.bound["proxy"] = await _bind(proxy, config.listen)
+        self.bound["proxy"] = await _bind(proxy, config.listen, reuse_port=self._reuse_port)
         self.gateway.metrics.config_loaded(config_digest(config.source))
         log.info(
             "started",
             listen=str(self.bound["proxy"]),
-            admin_listen=str(self.bound["admin"]),
+            admin_listen=str(self.bound.get("admin", "-")),
             upstream=config.upstream,
             issuer=config.auth.issuer,
             routes=len(config.routes),
+            pid=os.getpid(),
         )
 
     async def drain(self) -> None:
         """Readiness 503 first, then stop accepting and let in-flight requests finish within the grace period."""
-        self.gateway.draining = True
+        self.gateway.start_draining()
         log.info("draining", grace_seconds=self.gateway.config.shutdown_grace_seconds)
         for runner in reversed(self._runners):  # the proxy drains while the admin port still answers 503
             await runner.cleanup()
@@ -82,15 +94,60 @@ class Server:
             metrics.config_reloads.labels("failure").inc()
             log.error("config_reload_failed", file=str(source), problems=list(exc.problems))
             return False
-        self.gateway.use_config(config)
+        kept = self.gateway.use_config(config)
+        configure_logging(config.log_level)
         metrics.config_reloads.labels("success").inc()
         metrics.config_loaded(config_digest(source))
         log.info("config_reloaded", file=str(source), routes=len(config.routes))
+        if kept:
+            log.warning("config_restart_required", settings=kept, note="these keep their old values until a restart")
         return True
 
 
-async def _bind(runner: web.BaseRunner, where: HostPort) -> HostPort:
-    site = web.TCPSite(runner, where.host, where.port, reuse_address=True)
+class ConfigWatcher:
+    """Polls the config file and reloads once a change has settled.
+
+    Polling `stat` (which follows symlinks) sees both an in-place rewrite and a Kubernetes ConfigMap update, which
+    swaps the `..data` symlink to a new directory. A change is acted on only when the file looks the same on two
+    polls in a row, so a half-written file is not loaded; the content hash decides whether anything changed at all.
+    """
+
+    def __init__(self, path: Path, reload: Callable[[], bool], interval: float = WATCH_INTERVAL_SECONDS) -> None:
+        self._path = path
+        self._reload = reload
+        self._interval = interval
+        self._seen = self._signature()
+        self._pending: tuple[int, int, int, int] | None = None
+        self._digest = config_digest(path)
+
+    def _signature(self) -> tuple[int, int, int, int] | None:
+        try:
+            stat = self._path.stat()
+        except OSError:
+            return None  # mid-swap or removed: wait for it to come back
+        return (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+    def poll(self) -> None:
+        signature = self._signature()
+        if signature is None or signature == self._seen:
+            return
+        if signature != self._pending:
+            self._pending = signature  # changed since the last poll: let it settle for one more
+            return
+        self._seen = signature
+        digest = config_digest(self._path)
+        if digest != self._digest:
+            self._digest = digest
+            self._reload()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            self.poll()
+
+
+async def _bind(runner: web.BaseRunner, where: HostPort, *, reuse_port: bool = False) -> HostPort:
+    site = web.TCPSite(runner, where.host, where.port, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     server = site._server  # aiohttp keeps the asyncio server here; we need it for the port chosen for port 0
     sockets = getattr(server, "sockets", None) or []
@@ -104,12 +161,18 @@ async def run_until_signalled(server: Server, *, on_started: Callable[[Server], 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
+    source = server.gateway.config.source
+    watcher = asyncio.create_task(ConfigWatcher(source, server.reload).run()) if source else None
     try:
         await server.start()
         if on_started is not None:
             await on_started(server)
         await stop.wait()
     finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         await server.drain()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
