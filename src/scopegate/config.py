@@ -235,7 +235,7 @@ def _host_port(field: Field) -> HostPort | None:
         return None
     host, sep, port = text.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5) or int(port) > 65535:
         field.error(f"expected {_HOST_PORT_EXAMPLE}; got {text!r}")
         return None
     return HostPort(host=host, port=int(port))

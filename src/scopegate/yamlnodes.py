@@ -159,14 +159,19 @@ class Field:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.error(f"expected a number; got {_kind(self.node)}")
             return None
-        if not math.isfinite(value):
-            self.error(f"expected a finite number; got {value}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+        if not math.isfinite(number):
+            written = str(self.node.value)
+            self.error(f"expected a finite number; got {written if len(written) < 40 else written[:20] + '...'}")
             return None
-        too_small = value <= minimum if strictly_above else value < minimum
+        too_small = number <= minimum if strictly_above else number < minimum
         if too_small:
             self.error(f"must be {'greater than' if strictly_above else 'at least'} {minimum:g}; got {value}")
             return None
-        return float(value)
+        return number
 
     def choice(self, options: tuple[str, ...], hint: str = "") -> str | None:
         value = self.string()
