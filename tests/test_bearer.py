@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, MultiDict
 
 from scopegate.bearer import bearer_token, is_identity_header, organization_id
-from scopegate.config import OrganizationFrom, OrganizationSource
 from scopegate.errors import BadRequest, InvalidToken, MissingOrganization, MissingToken, Reason, Rejection
+from scopegate.rules import OrganizationFrom, OrganizationSource
 
 JWT = "eyJhbGciOiJFUzM4NCJ9.eyJzdWIiOiJ1In0.c2ln"
 

@@ -9,20 +9,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from scopegate.config import (
-    ASYMMETRIC_ALGORITHMS,
-    Config,
-    HostPort,
-    Mode,
-    OrganizationFrom,
-    OrganizationSource,
-    RouteRule,
-    ScopeMode,
-    ScopeRequirement,
-    load_config,
-    parse_config,
-)
+from scopegate.config import ASYMMETRIC_ALGORITHMS, Config, HostPort, load_config, parse_config
 from scopegate.errors import ConfigError
+from scopegate.rules import Mode, OrganizationFrom, OrganizationSource, RouteRule, ScopeMode, ScopeRequirement
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = Path(__file__).resolve().parent / "configs"

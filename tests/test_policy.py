@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from scopegate.config import ClaimCondition, RouteRule, parse_config
+from scopegate.config import parse_config
 from scopegate.errors import Reason
 from scopegate.policy import ALLOW, Decision, claim_satisfies, decide
+from scopegate.rules import ClaimCondition, RouteRule
 from scopegate.tokens import Claims, claims_from_payload
 
 API = "https://api.example.com"

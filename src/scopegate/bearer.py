@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 from multidict import MultiMapping
 
-from scopegate.config import OrganizationFrom, OrganizationSource
 from scopegate.errors import BadRequest, InvalidToken, MissingOrganization, MissingToken
+from scopegate.rules import OrganizationFrom, OrganizationSource
 
 # Identity headers are scopegate's to set; any the client sends are removed on every route, public ones included.
 IDENTITY_HEADER_PREFIX = "x-auth-"

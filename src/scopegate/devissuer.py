@@ -29,7 +29,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from scopegate.config import ORGANIZATION_AUDIENCE_PREFIX
+from scopegate.rules import ORGANIZATION_AUDIENCE_PREFIX
 
 ALGORITHM = "ES384"
 DEFAULT_M2M_CLIENT_ID = "demo-m2m"

@@ -17,12 +17,13 @@ from multidict import CIMultiDict, MultiDict
 from yarl import URL
 
 from scopegate.bearer import organization_id
-from scopegate.config import Config, RouteRule, ScopeMode
+from scopegate.config import Config
 from scopegate.errors import RESPONSES, MissingToken, NoRoute, Reason, Rejection
 from scopegate.jwks import HttpJwksFetcher, JwksCache
 from scopegate.pipeline import build_router
 from scopegate.policy import Decision, decide
 from scopegate.routing import normalize_path
+from scopegate.rules import RouteRule, ScopeMode
 from scopegate.tokens import Claims, TokenVerifier, claims_from_payload
 
 

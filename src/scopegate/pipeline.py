@@ -22,13 +22,14 @@ import structlog
 from aiohttp import web
 
 from scopegate.bearer import bearer_token, organization_id
-from scopegate.config import Config, Mode, RouteRule
+from scopegate.config import Config
 from scopegate.errors import BadPath, NoRoute, Reason, Rejection
 from scopegate.observability import Metrics
 from scopegate.policy import Decision, decide
 from scopegate.proxy import Forward, Forwarded, Upstream, wants_websocket
 from scopegate.responses import rejection
 from scopegate.routing import RouteMatch, Router, normalize_path
+from scopegate.rules import Mode, RouteRule
 from scopegate.tokens import Claims, TokenVerifier
 
 # Denials that audit mode forwards anyway. A hostile path, an ambiguous request or missing signing keys are never

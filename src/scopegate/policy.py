@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scopegate.config import ORGANIZATION_AUDIENCE_PREFIX, ClaimCondition, RouteRule, ScopeMode
 from scopegate.errors import Reason
+from scopegate.rules import ORGANIZATION_AUDIENCE_PREFIX, ClaimCondition, RouteRule, ScopeMode
 from scopegate.tokens import Claims
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+_T = TypeVar("_T")
+_D = TypeVar("_D")
 
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
@@ -254,3 +257,8 @@ def _kind(node: Node) -> str:
         return f"{numeric[node.tag]} {node.value}" if short else numeric[node.tag]  # as written: 8080, true
     kind = "a string" if node.tag == _STR else f"an invalid {tag} value" if node.tag in numeric else f"a {tag} value"
     return f"{kind} {node.value!r}" if short else kind
+
+
+def optional(members: dict[str, Field], key: str, parse: Callable[[Field], _T | None], default: _D) -> _T | _D | None:
+    """Parse `key` when present (None on a problem), else the default."""
+    return parse(members[key]) if key in members else default

@@ -1,0 +1,303 @@
+"""Route rules: what each route matches and what its token must carry, parsed from the config's `routes:` list.
+
+Path templates are compiled here, at load, by routing's template compiler: the template language is part of the
+config schema, and a bad template must fail `scopegate check` with its line, never at the first request.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from urllib.parse import SplitResult, urlsplit
+
+from yaml.nodes import MappingNode, SequenceNode
+
+from scopegate.routing import PathTemplate, TemplateError, compile_template
+from scopegate.yamlnodes import Field, optional
+
+HTTP_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
+
+# Logto's organization tokens carry this audience prefix followed by the organization id.
+ORGANIZATION_AUDIENCE_PREFIX = "urn:logto:organization:"
+
+
+class Mode(enum.StrEnum):
+    """Enforce denies; audit logs the deny as `audit_deny` and forwards anyway (rolling a rule out safely)."""
+
+    ENFORCE = "enforce"
+    AUDIT = "audit"
+
+
+class OrganizationFrom(enum.StrEnum):
+    PATH = "path"
+    HEADER = "header"
+    QUERY = "query"
+
+
+class ScopeMode(enum.StrEnum):
+    ALL = "all"
+    ANY = "any"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrganizationSource:
+    """Where a route finds the organization id in the request."""
+
+    source: OrganizationFrom
+    name: str  # path parameter, header name or query parameter
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScopeRequirement:
+    mode: ScopeMode
+    scopes: tuple[str, ...]  # empty: no scope needed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimCondition:
+    """The token's claim `name` must equal `value`, or contain it when the claim is a list."""
+
+    name: str
+    value: str | int | float | bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteRule:
+    name: str
+    template: PathTemplate
+    methods: frozenset[str] | None  # None: any method
+    public: bool
+    resource: str | None
+    organization: OrganizationSource | None
+    scopes: ScopeRequirement
+    claims: tuple[ClaimCondition, ...]
+    mode: Mode
+    line: int  # where the rule starts in the config file
+
+
+_ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_ROUTE_KEYS = ("name", "match", "public", "resource", "organization", "scopes", "claims", "mode")
+_MOVED_ROUTE_KEYS = {"path": "match", "methods": "match"}
+
+
+# --- routes ---------------------------------------------------------------------------------------------------
+
+
+def parse_routes(field: Field, default_mode: Mode) -> tuple[RouteRule, ...] | None:
+    items = field.sequence()
+    if items is None:
+        return None
+    if not items:
+        field.error("must list at least one route (requests matching no route are denied with 404)")
+        return None
+    rules = [_route(item, default_mode) for item in items]
+    _check_unique_names(items, rules)
+    if any(rule is None for rule in rules):
+        return None
+    return tuple(rule for rule in rules if rule is not None)
+
+
+def _check_unique_names(items: list[Field], rules: list[RouteRule | None]) -> None:
+    first_line: dict[str, int] = {}
+    for item, rule in zip(items, rules, strict=True):
+        if rule is None:
+            continue
+        if rule.name in first_line:
+            item.error(f"duplicate route name {rule.name!r} (first used on line {first_line[rule.name]})")
+        first_line.setdefault(rule.name, rule.line)
+
+
+def _route(field: Field, default_mode: Mode) -> RouteRule | None:
+    members = field.mapping(_ROUTE_KEYS, _MOVED_ROUTE_KEYS)
+    if members is None:
+        return None
+    for required in ("name", "match"):
+        if required not in members:
+            field.missing(required)
+    name = optional(members, "name", _route_name, None)
+    matched = optional(members, "match", _match, None)
+    public = optional(members, "public", lambda f: f.boolean(), False)
+    template = matched[0] if matched else None
+    organization = optional(members, "organization", lambda f: _organization(f, template), None)
+    resource = optional(members, "resource", _resource, None)
+    scopes = optional(members, "scopes", _scopes, ScopeRequirement(mode=ScopeMode.ALL, scopes=()))
+    claims = optional(members, "claims", _claims, ())
+    mode = optional(members, "mode", lambda f: f.choice(tuple(Mode)), default_mode)
+    if public is True:
+        _check_public(field, members)
+    elif public is False and "resource" not in members and "organization" not in members:
+        field.error(
+            "a protected route needs `resource` (API resource), `organization`, or both; "
+            "set `public: true` for a route that needs no token"
+        )
+        return None
+    if name is None or matched is None or public is None or scopes is None or claims is None or mode is None:
+        return None
+    if ("organization" in members and organization is None) or ("resource" in members and resource is None):
+        return None
+    return RouteRule(
+        name=name,
+        template=matched[0],
+        methods=matched[1],
+        public=public,
+        resource=resource,
+        organization=organization,
+        scopes=scopes,
+        claims=claims,
+        mode=Mode(mode),
+        line=field.line,
+    )
+
+
+def _check_public(field: Field, members: dict[str, Field]) -> None:
+    for key in ("resource", "organization", "scopes", "claims"):
+        if key in members:
+            members[key].error(f"a public route needs no token, so it takes no `{key}`; remove one or the other")
+
+
+def _route_name(field: Field) -> str | None:
+    name = field.string()
+    if name is not None and not _ROUTE_NAME.fullmatch(name):
+        field.error(
+            "a route name is 1-100 characters of A-Z a-z 0-9 _ . : -, starting with a letter or digit"
+            f" (it becomes a metric label); got {name!r}"
+        )
+        return None
+    return name
+
+
+def _match(field: Field) -> tuple[PathTemplate, frozenset[str] | None] | None:
+    members = field.mapping(("path", "methods"))
+    if members is None:
+        return None
+    if "path" not in members:
+        field.missing("path")
+        return None
+    template = _template(members["path"])
+    methods = optional(members, "methods", _methods, None)
+    if template is None or ("methods" in members and methods is None):
+        return None
+    return template, methods
+
+
+def _template(field: Field) -> PathTemplate | None:
+    text = field.string()
+    if text is None:
+        return None
+    try:
+        return compile_template(text)
+    except TemplateError as exc:
+        field.error(str(exc))
+        return None
+
+
+def _methods(field: Field) -> frozenset[str] | None:
+    items = field.strings()
+    if items is None:
+        return None
+    if not items:
+        field.error("must list at least one method (leave `methods` out to allow any method)")
+        return None
+    unknown = [(method, item) for method, item in items if method not in HTTP_METHODS]
+    for method, item in unknown:
+        hint = f" (methods are upper-case: {method.upper()})" if method.upper() in HTTP_METHODS else ""
+        item.error(f"expected one of {', '.join(HTTP_METHODS)}; got {method!r}{hint}")
+    return None if unknown else frozenset(method for method, _ in items)
+
+
+def _resource(field: Field) -> str | None:
+    text = field.string()
+    if text is None:
+        return None
+    parts = split_url(text)
+    if parts is None or not parts.scheme or parts.fragment:
+        field.error(f"expected an absolute URI without fragment (RFC 8707 resource indicator); got {text!r}")
+        return None
+    if text.startswith(ORGANIZATION_AUDIENCE_PREFIX):
+        # As a resource, an organization audience would admit organization tokens with none of organization's checks.
+        field.error(f"{text!r} is an organization audience; use `organization:` to accept organization tokens")
+        return None
+    return text
+
+
+def _organization(field: Field, template: PathTemplate | None) -> OrganizationSource | None:
+    members = field.mapping(("from", "name"))
+    if members is None:
+        return None
+    for required in ("from", "name"):
+        if required not in members:
+            field.missing(required)
+    source = optional(members, "from", lambda f: f.choice(tuple(OrganizationFrom)), None)
+    name = optional(members, "name", lambda f: f.string(), None)
+    if source is None or name is None:
+        return None
+    if source == OrganizationFrom.PATH and template is not None and name not in template.param_names:
+        params = ", ".join(template.param_names) or "none"
+        members["name"].error(f"the path template has no parameter {{{name}}} (it has: {params})")
+        return None
+    if source == OrganizationFrom.HEADER and not _HEADER_NAME.fullmatch(name):
+        members["name"].error(f"not a valid HTTP header name: {name!r}")
+        return None
+    return OrganizationSource(source=OrganizationFrom(source), name=name)
+
+
+def _scopes(field: Field) -> ScopeRequirement | None:
+    if isinstance(field.node, MappingNode):
+        members = field.mapping(("all", "any"))
+        if members is None:
+            return None
+        if len(members) != 1:
+            field.error("expected exactly one of `all: [...]` or `any: [...]`")
+            return None
+        (key, inner), *_ = members.items()
+        scopes = _scope_list(inner, allow_empty=key == "all")
+        return None if scopes is None else ScopeRequirement(mode=ScopeMode(key), scopes=scopes)
+    if not isinstance(field.node, SequenceNode):
+        field.error(f"expected a list of scopes, `{{all: [...]}}` or `{{any: [...]}}`; got {field.kind}")
+        return None
+    scopes = _scope_list(field, allow_empty=True)
+    return None if scopes is None else ScopeRequirement(mode=ScopeMode.ALL, scopes=scopes)
+
+
+def _scope_list(field: Field, *, allow_empty: bool) -> tuple[str, ...] | None:
+    items = field.strings()
+    if items is None:
+        return None
+    if not items and not allow_empty:
+        field.error("`any` needs at least one scope (no token could ever satisfy an empty `any`)")
+        return None
+    bad = [item for value, item in items if any(ch.isspace() or ch in '"\\' for ch in value)]
+    for item in bad:
+        item.error("a scope cannot contain spaces, quotes or backslashes (the token's `scope` is space-separated)")
+    if bad:
+        return None
+    return tuple(dict.fromkeys(value for value, _ in items))
+
+
+_CLAIM_LIST_HINT = " (a condition is one value; a list claim in the token passes when it contains it)"
+
+
+def _claims(field: Field) -> tuple[ClaimCondition, ...] | None:
+    conditions = []
+    ok = True
+    for name, item in field.items():
+        value = item.scalar(_CLAIM_LIST_HINT if isinstance(item.node, SequenceNode) else "")
+        if value is None:
+            ok = False
+            continue
+        conditions.append(ClaimCondition(name=name, value=value))
+    if not isinstance(field.node, MappingNode):
+        return None
+    return tuple(conditions) if ok else None
+
+
+def split_url(text: str) -> SplitResult | None:
+    """The URL's parts, or None when it has whitespace or controls, or urlsplit refuses it (`http://[::1`)."""
+    if any(ch.isspace() or not ch.isprintable() for ch in text):
+        return None
+    try:
+        return urlsplit(text)
+    except ValueError:
+        return None
