@@ -21,7 +21,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scopegate.config import Config
-from scopegate.jwks import HttpJwksFetcher, JwksCache
+from scopegate.discovery import HttpJwksFetcher
+from scopegate.jwks import JwksCache
 from scopegate.observability import Metrics
 from scopegate.pipeline import Pipeline, Ruleset
 from scopegate.proxy import new_session

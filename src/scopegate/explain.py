@@ -18,8 +18,9 @@ from yarl import URL
 
 from scopegate.bearer import organization_id
 from scopegate.config import Config
+from scopegate.discovery import HttpJwksFetcher
 from scopegate.errors import RESPONSES, MissingToken, NoRoute, Reason, Rejection
-from scopegate.jwks import HttpJwksFetcher, JwksCache
+from scopegate.jwks import JwksCache
 from scopegate.pipeline import build_router
 from scopegate.policy import Decision, decide
 from scopegate.routing import normalize_path
