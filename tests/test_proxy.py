@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from conftest import API, IssuerServer, Proxy, ProxyFactory, Running, free_port, make_config
+from conftest import API, IssuerServer, Proxy, ProxyFactory, Running, free_port, make_config, wait_until
 
 MiB = 1024 * 1024
 
@@ -168,3 +168,37 @@ async def test_concurrent_requests_are_all_answered(proxy: Proxy, token: str) ->
 
     statuses = await asyncio.gather(*(one(i) for i in range(50)))
     assert statuses == [200] * 50
+
+
+async def test_client_hanging_up_mid_body_is_not_blamed_on_the_upstream(proxy: Proxy, token: str) -> None:
+    host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET /bytes/{64 * MiB} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+    await reader.readexactly(1024)
+    writer.transport.abort()  # a reset, not a polite close
+    counted = proxy.metrics.requests.labels("echo-bytes", "allow", "ok")
+    await wait_until(lambda: counted._value.get() == 1)
+    assert proxy.metrics.requests.labels("echo-bytes", "allow", "upstream_error")._value.get() == 0
+
+
+async def test_upstream_breaking_off_mid_body_cuts_the_client(issuer: IssuerServer, start_proxy: ProxyFactory) -> None:
+    """The upstream promises 1000 bytes and hangs up after 10: the client must see a short body, not a clean end."""
+
+    async def half_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(half_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        proxy = await start_proxy(make_config(issuer.issuer.issuer, f"http://127.0.0.1:{port}"))
+        async with proxy.session.get(proxy.url + "/public/x") as response:
+            assert response.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+        counted = proxy.metrics.requests.labels("public", "allow", "upstream_error")
+        await wait_until(lambda: counted._value.get() == 1)
+    finally:
+        server.close()

@@ -26,7 +26,7 @@ from scopegate.config import Config
 from scopegate.errors import BadPath, NoRoute, Reason, Rejection
 from scopegate.observability import Metrics
 from scopegate.policy import Decision, decide
-from scopegate.proxy import Forward, Forwarded, Upstream, wants_websocket
+from scopegate.proxy import BROKEN_BY_CLIENT, BROKEN_BY_UPSTREAM, Forward, Forwarded, Upstream, wants_websocket
 from scopegate.responses import rejection
 from scopegate.routing import RouteMatch, Router, normalize_path
 from scopegate.rules import Mode, RouteRule
@@ -111,6 +111,7 @@ class Pipeline:
     async def _process(self, request: web.BaseRequest, rules: Ruleset, record: Record) -> web.StreamResponse:
         route: RouteRule | None = None
         try:
+            record.path = _loggable(request.raw_path)  # replaced by the normalized path once it is known
             record.path, query = _split_target(request)
             match = rules.router.match(request.method, record.path)
             if match is None:
@@ -180,8 +181,10 @@ class Pipeline:
         else:
             result = await upstream.forward(request, forward)
         record.upstream_seconds = result.upstream_seconds
-        if result.broken:
-            record.reason, record.detail = Reason.UPSTREAM_ERROR, "broke_off_mid_body"
+        if result.broken_by == BROKEN_BY_UPSTREAM:
+            record.reason, record.detail = Reason.UPSTREAM_ERROR, "upstream_broke_off_mid_body"
+        elif result.broken_by == BROKEN_BY_CLIENT:
+            record.detail = "client_closed_mid_body"
         return result.response
 
     def _observe(self, record: Record, seconds: float) -> None:
@@ -218,6 +221,11 @@ def _split_target(request: web.BaseRequest) -> tuple[str, str]:
             raise BadPath("not_absolute", "the request target must be an absolute path")
     raw_path, _, query = target.partition("?")
     return normalize_path(raw_path), query
+
+
+def _loggable(raw: str) -> str:
+    """A refused path as it came, bounded and with control characters escaped (it may be hostile)."""
+    return raw[:_LOGGED_PATH_MAX].encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
 def _request_id(request: web.BaseRequest) -> str:

@@ -41,6 +41,8 @@ _WS_HANDSHAKE = frozenset(
     {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
 )
 _CHUNK = 64 * 1024
+BROKEN_BY_UPSTREAM = "upstream"
+BROKEN_BY_CLIENT = "client"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +62,7 @@ class Forwarded:
     response: web.StreamResponse
     status: int
     upstream_seconds: float
-    broken: bool = False  # the upstream failed after the status line was sent
+    broken_by: str = ""  # BROKEN_BY_UPSTREAM or BROKEN_BY_CLIENT when the body stopped short
 
 
 def new_session(*, connections: int = 1024) -> aiohttp.ClientSession:
@@ -99,10 +101,10 @@ class Upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             _copy_response_headers(upstream.headers, response)
             await response.prepare(request)
-            broken = await _pump_body(upstream, response, request)
+            broken_by = await _pump_body(upstream, response, request)
         finally:
             upstream.release()
-        return Forwarded(response, upstream.status, seconds, broken)
+        return Forwarded(response, upstream.status, seconds, broken_by)
 
     async def _open(self, request: web.BaseRequest, forward: Forward) -> aiohttp.ClientResponse:
         url = self._base + forward.path + (f"?{forward.query}" if forward.query else "")
@@ -176,18 +178,28 @@ def _copy_response_headers(source: CIMultiDictProxy[str], response: web.StreamRe
             response.headers.add(name, value)
 
 
-async def _pump_body(upstream: aiohttp.ClientResponse, response: web.StreamResponse, request: web.BaseRequest) -> bool:
-    """Stream the upstream body to the client; True when the upstream broke off midway."""
-    try:
-        async for chunk in upstream.content.iter_chunked(_CHUNK):
+async def _pump_body(upstream: aiohttp.ClientResponse, response: web.StreamResponse, request: web.BaseRequest) -> str:
+    """Stream the upstream body to the client; returns who broke off midway ("upstream", "client") or ""."""
+    chunks = upstream.content.iter_chunked(_CHUNK)
+    while True:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            break
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            # The status line is sent; cutting the connection is the only way left to tell the client.
+            if request.transport is not None:
+                request.transport.close()
+            return BROKEN_BY_UPSTREAM
+        try:
             await response.write(chunk)
-    except (aiohttp.ClientError, OSError, TimeoutError):
-        # The status line is sent; cutting the connection is the only way left to tell the client.
-        if request.transport is not None:
-            request.transport.close()
-        return True
-    await response.write_eof()
-    return False
+        except ConnectionError:  # aiohttp raises ClientConnectionResetError, a ConnectionResetError
+            return BROKEN_BY_CLIENT
+    try:
+        await response.write_eof()
+    except (ConnectionError, aiohttp.ClientConnectionResetError):
+        return BROKEN_BY_CLIENT
+    return ""
 
 
 def _offered_protocols(headers: CIMultiDictProxy[str]) -> tuple[str, ...]:
