@@ -22,15 +22,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-_JWT_SHAPED = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+# A JWT starts with a base64url JSON object: `eyJ`. Truncated ones (a log field cut short, a parser's error message
+# quoting part of a header line) must be masked too, so one part of the token is enough to match.
+_JWT_SHAPED = re.compile(r"eyJ[A-Za-z0-9_-]{6,}(?:\.[A-Za-z0-9_-]*){0,2}")
 _BEARER_CREDENTIAL = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9\-._~+/]+=*")
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 def redact(value: str) -> str:
-    """`value` with JWT-shaped strings and bearer credentials masked."""
-    if "eyJ" not in value and "earer" not in value:
+    """`value` with JWT-shaped strings and bearer credentials masked, whatever the case of the scheme."""
+    if "eyJ" not in value and "bearer" not in value.lower():
         return value
     return _BEARER_CREDENTIAL.sub(r"\1[redacted]", _JWT_SHAPED.sub("[redacted-jwt]", value))
 
@@ -43,23 +45,38 @@ def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
 
 
 def configure_logging(level: str = "info", *, stream: TextIO | None = None, json: bool | None = None) -> None:
-    """Set up structlog once per process: JSON lines, or console rendering when the stream is a TTY."""
+    """Set up structlog once per process: JSON lines, or console rendering when the stream is a TTY.
+
+    The standard library's loggers (aiohttp's among them) go through the same processors, redactor included: aiohttp
+    quotes a malformed header line, token and all, in the error it logs. Each line is written with a single
+    `write()`, so worker processes sharing one stdout pipe never interleave halves of their lines.
+    """
     out = stream or sys.stdout
     as_json = json if json is not None else not out.isatty()
     renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    shared: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        _redact_event,
+    ]
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            _redact_event,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        processors=[structlog.contextvars.merge_contextvars, *shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer,
+            foreign_pre_chain=[structlog.contextvars.merge_contextvars, structlog.stdlib.add_logger_name, *shared],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(numeric_level)
 
 
 def multiprocess_dir() -> str | None:

@@ -49,6 +49,8 @@ class Server:
         self._reuse_port = reuse_port
         self._runners: list[web.BaseRunner] = []  # made in start(), inside the event loop
         self.bound: dict[str, HostPort] = {}
+        # The content last tried, loaded or not: SIGHUP and the watcher both reload, and neither repeats the other.
+        self.attempted_digest = config_digest(config.source)
 
     async def start(self) -> None:
         config = self.gateway.config
@@ -88,6 +90,7 @@ class Server:
         if source is None:
             return False
         metrics = self.gateway.metrics
+        self.attempted_digest = config_digest(source)
         try:
             config = load_config(source)
         except ConfigError as exc:
@@ -97,7 +100,7 @@ class Server:
         kept = self.gateway.use_config(config)
         configure_logging(config.log_level)
         metrics.config_reloads.labels("success").inc()
-        metrics.config_loaded(config_digest(source))
+        metrics.config_loaded(self.attempted_digest)
         log.info("config_reloaded", file=str(source), routes=len(config.routes))
         if kept:
             log.warning("config_restart_required", settings=kept, note="these keep their old values until a restart")
@@ -109,16 +112,23 @@ class ConfigWatcher:
 
     Polling `stat` (which follows symlinks) sees both an in-place rewrite and a Kubernetes ConfigMap update, which
     swaps the `..data` symlink to a new directory. A change is acted on only when the file looks the same on two
-    polls in a row, so a half-written file is not loaded; the content hash decides whether anything changed at all.
+    polls in a row, so a half-written file is not loaded; a reload happens only when the content differs from what
+    the server last tried (`attempted`), so a file already reloaded by SIGHUP is not reloaded again.
     """
 
-    def __init__(self, path: Path, reload: Callable[[], bool], interval: float = WATCH_INTERVAL_SECONDS) -> None:
+    def __init__(
+        self,
+        path: Path,
+        reload: Callable[[], bool],
+        attempted: Callable[[], str],
+        interval: float = WATCH_INTERVAL_SECONDS,
+    ) -> None:
         self._path = path
         self._reload = reload
+        self._attempted = attempted
         self._interval = interval
         self._seen = self._signature()
         self._pending: tuple[int, int, int, int] | None = None
-        self._digest = config_digest(path)
 
     def _signature(self) -> tuple[int, int, int, int] | None:
         try:
@@ -135,9 +145,7 @@ class ConfigWatcher:
             self._pending = signature  # changed since the last poll: let it settle for one more
             return
         self._seen = signature
-        digest = config_digest(self._path)
-        if digest != self._digest:
-            self._digest = digest
+        if config_digest(self._path) != self._attempted():
             self._reload()
 
     async def run(self) -> None:
@@ -162,7 +170,9 @@ async def run_until_signalled(server: Server, *, on_started: Callable[[Server], 
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
     source = server.gateway.config.source
-    watcher = asyncio.create_task(ConfigWatcher(source, server.reload).run()) if source else None
+    watcher = None
+    if source is not None:
+        watcher = asyncio.create_task(ConfigWatcher(source, server.reload, lambda: server.attempted_digest).run())
     try:
         await server.start()
         if on_started is not None:
