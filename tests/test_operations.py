@@ -119,6 +119,17 @@ async def status_of(
         return response.status
 
 
+async def slow_request_in_flight(session: aiohttp.ClientSession, cli: RunningCli, token: str) -> asyncio.Task[int]:
+    """A /slow/2 request through the proxy, returned once the admin port counts it in flight."""
+    slow = asyncio.create_task(status_of(session, cli.proxy + "/slow/2", bearer(token)))
+
+    async def one_in_flight() -> bool:
+        return metric(await scrape(session, cli.admin), "scopegate_inflight_requests") == 1
+
+    await eventually(one_in_flight, limit=1.5)
+    return slow
+
+
 @dataclass
 class RunningCli:
     """A `scopegate run` subprocess, its ports, and everything it has written so far."""
@@ -328,12 +339,7 @@ async def test_sigterm_drains_in_flight_requests_then_exits_0(site: Site, issuer
     site.write(grace=5, timeout=10)
     token = issuer.issuer.mint(resource=API)
     async with site.run() as cli, aiohttp.ClientSession() as session:
-        slow = asyncio.create_task(status_of(session, cli.proxy + "/slow/2", bearer(token)))
-
-        async def one_in_flight() -> bool:
-            return metric(await scrape(session, cli.admin), "scopegate_inflight_requests") == 1
-
-        await eventually(one_in_flight, limit=1.5)
+        slow = await slow_request_in_flight(session, cli, token)
         cli.signal(signal.SIGTERM)
         signalled = time.monotonic()
 

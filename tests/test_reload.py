@@ -24,6 +24,7 @@ from test_operations import (
     new_site,
     scrape,
     series,
+    slow_request_in_flight,
     status_of,
 )
 
@@ -155,12 +156,7 @@ async def test_requests_in_flight_finish_on_the_rules_they_started_with(site: Si
     site.write(timeout=10)
     token = issuer.issuer.mint(resource=API)
     async with site.run() as cli, aiohttp.ClientSession() as session:
-        slow = asyncio.create_task(status_of(session, cli.proxy + "/slow/2", bearer(token)))
-
-        async def one_in_flight() -> bool:
-            return metric(await scrape(session, cli.admin), "scopegate_inflight_requests") == 1
-
-        await eventually(one_in_flight, limit=1.5)
+        slow = await slow_request_in_flight(session, cli, token)
         assert SLOW_ROUTE in RULES
         site.write(timeout=10, rules=RULES.replace(SLOW_ROUTE, ""))
         cli.signal(signal.SIGHUP)
