@@ -203,3 +203,19 @@ async def test_run_serves_logs_json_and_exits_0_on_sigterm(
     denied = next(d for d in decisions if d.get("reason") == "invalid_token")
     assert denied["status"] == 401
     assert denied["detail"] == "bad_signature"
+
+
+def test_console_script_is_scopegate_cli_main() -> None:
+    """`pip install` puts a `scopegate` command on PATH that runs the same main as `python -m scopegate`."""
+    from importlib.metadata import entry_points
+
+    from scopegate import __version__, cli
+
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'scopegate = "scopegate.cli:main"' in pyproject
+    installed = [ep for ep in entry_points(group="console_scripts") if ep.name == "scopegate"]
+    if installed:  # the project is installed (scripts/test installs it into .venv)
+        assert installed[0].load() is cli.main
+    result = scopegate("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"scopegate {__version__}"
