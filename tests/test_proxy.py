@@ -202,3 +202,37 @@ async def test_upstream_breaking_off_mid_body_cuts_the_client(issuer: IssuerServ
         await wait_until(lambda: counted._value.get() == 1)
     finally:
         server.close()
+
+
+async def test_slow_upload_longer_than_the_upstream_timeout_is_not_a_504(proxy: Proxy, token: str) -> None:
+    """The 2 s deadline is for the upstream: a body trickling in over 3.5 s still gets through, length intact."""
+    chunk, count = b"x" * 1000, 7
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for _ in range(count):
+            yield chunk
+            await asyncio.sleep(0.5)
+
+    headers = {**auth(token), "Content-Length": str(len(chunk) * count)}
+    async with proxy.session.post(proxy.url + "/up/trickle", data=trickle(), headers=headers) as response:
+        assert response.status == 200
+        seen = await response.json()
+    assert seen["body_bytes"] == len(chunk) * count
+    received = {name.lower(): value for name, value in seen["headers"].items()}
+    assert received["content-length"] == str(len(chunk) * count)
+    assert "transfer-encoding" not in received
+
+
+async def test_an_upload_that_stalls_longer_than_the_timeout_is_cut(proxy: Proxy, token: str) -> None:
+    """Progress restarts the deadline, but a single stall longer than it still ends the request."""
+
+    async def stall() -> AsyncIterator[bytes]:
+        yield b"first"
+        await asyncio.sleep(6)
+        yield b"never"
+
+    started = time.monotonic()
+    headers = {**auth(token), "Content-Length": "10"}
+    async with proxy.session.post(proxy.url + "/up/stall", data=stall(), headers=headers) as response:
+        assert response.status == 504
+    assert time.monotonic() - started < 5.5

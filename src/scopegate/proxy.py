@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -108,9 +108,14 @@ class Upstream:
 
     async def _open(self, request: web.BaseRequest, forward: Forward) -> aiohttp.ClientResponse:
         url = self._base + forward.path + (f"?{forward.query}" if forward.query else "")
-        body = request.content if request.body_exists else None
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self._timeout) as deadline:
+
+                def progressed() -> None:
+                    deadline.reschedule(loop.time() + self._timeout)
+
+                body = _streamed(request.content, progressed) if request.body_exists else None
                 return await self._session.request(
                     request.method,
                     URL(url, encoded=True),
@@ -200,6 +205,19 @@ async def _pump_body(upstream: aiohttp.ClientResponse, response: web.StreamRespo
     except (ConnectionError, aiohttp.ClientConnectionResetError):
         return BROKEN_BY_CLIENT
     return ""
+
+
+async def _streamed(content: aiohttp.StreamReader, progressed: Callable[[], None]) -> AsyncIterator[bytes]:
+    """The request body, chunk by chunk, restarting the upstream deadline whenever a chunk moves.
+
+    The deadline is meant for the upstream, not for the client's uplink: a large upload over a slow link must not
+    become a 504. It still bounds any single stall, and once the body is sent it runs in full for the response.
+    """
+    async for chunk in content.iter_chunked(_CHUNK):
+        progressed()  # read from the client
+        yield chunk
+        progressed()  # taken by the upstream
+    progressed()
 
 
 def _offered_protocols(headers: CIMultiDictProxy[str]) -> tuple[str, ...]:
