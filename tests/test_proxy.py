@@ -196,6 +196,7 @@ async def test_upstream_breaking_off_mid_body_cuts_the_client(issuer: IssuerServ
         proxy = await start_proxy(make_config(issuer.issuer.issuer, f"http://127.0.0.1:{port}"))
         async with proxy.session.get(proxy.url + "/public/x") as response:
             assert response.status == 200
+            assert response.headers["Server"] == "scopegate", "the upstream sent none; no aiohttp version either"
             with pytest.raises(aiohttp.ClientPayloadError):
                 await response.read()
         counted = proxy.metrics.requests.labels("public", "allow", "upstream_error")

@@ -211,3 +211,12 @@ async def test_request_id_is_forwarded_and_returned(proxy: Proxy) -> None:
     async with proxy.session.get(proxy.url + "/nowhere", headers={"X-Request-Id": "bad id\twith tab"}) as response:
         generated = response.headers["X-Request-Id"]
     assert len(generated) == 32, "a new id replaces one that is not a sane token"
+
+
+async def test_no_version_details_in_the_server_header(proxy: Proxy, issuer: IssuerServer) -> None:
+    async with proxy.session.get(proxy.url + "/api/reports/1") as response:
+        assert response.status == 401
+        assert response.headers["Server"] == "scopegate"
+    async with proxy.session.get(proxy.url + "/public/x") as response:
+        # The echo upstream (aiohttp) names itself; scopegate passes the upstream's own header through unchanged.
+        assert response.headers.getall("Server") == [response.headers["Server"]]

@@ -21,6 +21,7 @@ from yarl import URL
 
 from scopegate.bearer import is_identity_header
 from scopegate.errors import UpstreamError, UpstreamTimeout
+from scopegate.responses import SERVER_HEADER
 
 # RFC 9110 section 7.6.1, plus the non-standard Proxy-Connection some clients still send.
 HOP_BY_HOP = frozenset(
@@ -181,6 +182,7 @@ def _copy_response_headers(source: CIMultiDictProxy[str], response: web.StreamRe
     for name, value in source.items():
         if name.lower() not in skip:
             response.headers.add(name, value)
+    response.headers.setdefault("Server", SERVER_HEADER)  # the upstream's own, when it sent one
 
 
 async def _pump_body(upstream: aiohttp.ClientResponse, response: web.StreamResponse, request: web.BaseRequest) -> str:

@@ -9,6 +9,8 @@ from aiohttp import web
 from scopegate.errors import RESPONSES, RETRY_AFTER_SECONDS, Challenge, Reason
 
 REALM = "scopegate"
+# aiohttp would announce "Python/3.x aiohttp/3.y": version details for exactly the clients being refused.
+SERVER_HEADER = "scopegate"
 
 
 def rejection(
@@ -25,6 +27,7 @@ def rejection(
         status=status or shape.status,
         body=json.dumps({"error": shape.error, "error_description": text}).encode(),
         content_type="application/json",
+        headers={"Server": SERVER_HEADER},
     )
     challenge = _challenge(shape.challenge, text, required_scopes)
     if challenge:
