@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import replace
 
 import aiohttp
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from scopegate.config import Config
 from scopegate.discovery import HttpJwksFetcher
@@ -29,8 +30,6 @@ from scopegate.proxy import new_session
 from scopegate.tokens import TokenVerifier
 
 log = structlog.get_logger("scopegate")
-
-GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 
 # Settings bound to listeners or to the key cache: a reload reports a change to them and keeps the old values.
 RESTART_ONLY = ("listen", "admin_listen", "auth")
@@ -87,6 +86,11 @@ class Gateway:
         self.draining = True
         self.metrics.worker_ready.set(0)
 
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        if self.ready:
+            return True, {}
+        return False, {"why": "draining" if self.draining else "no signing keys loaded yet"}
+
     def use_config(self, config: Config) -> list[str]:
         """Swap in new rules and upstream; returns the settings that only a restart can change (kept as they were).
 
@@ -113,23 +117,27 @@ def create_proxy_server(gateway: Gateway) -> web.Server:
     return web.Server(gateway.handle, access_log=None, max_field_size=32768, max_line_size=16384)
 
 
-def create_admin_app(gateway: Gateway) -> web.Application:
-    """The admin port: liveness, readiness and Prometheus metrics."""
+Readiness = Callable[[], tuple[bool, dict[str, object]]]
+
+
+def create_admin_app(
+    registry: CollectorRegistry, readiness: Readiness, liveness: Callable[[], dict[str, object]] = dict
+) -> web.Application:
+    """The admin port: liveness, readiness and Prometheus metrics, for one process or a worker supervisor.
+
+    `readiness` says whether to answer 200 and what to add to the body (why not, how many workers ready).
+    """
     app = web.Application()
-    app[GATEWAY] = gateway
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "alive"})
+        return web.json_response({"status": "alive", **liveness()})
 
     async def readyz(_: web.Request) -> web.Response:
-        if gateway.ready:
-            return web.json_response({"status": "ready"})
-        why = "draining" if gateway.draining else "no signing keys loaded yet"
-        return web.json_response({"status": "not ready", "why": why}, status=503)
+        ready, details = readiness()
+        return web.json_response({"status": "ready" if ready else "not ready", **details}, status=200 if ready else 503)
 
     async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(gateway.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

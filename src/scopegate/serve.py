@@ -56,7 +56,8 @@ class Server:
         config = self.gateway.config
         await self.gateway.start()
         if self._admin:
-            admin = web.AppRunner(create_admin_app(self.gateway), access_log=None, shutdown_timeout=1.0)
+            admin_app = create_admin_app(self.gateway.metrics.registry, self.gateway.readiness)
+            admin = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
             self._runners.append(admin)
             await admin.setup()
             self.bound["admin"] = await _bind(admin, config.admin_listen)

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, multiprocess
 
+from scopegate.app import create_admin_app
 from scopegate.config import Config, load_config
 from scopegate.observability import Metrics, configure_logging
 
@@ -76,7 +77,8 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._signal_workers(signal.SIGHUP))
         self._workers = [self._start_worker() for _ in range(self._count)]
-        admin = web.AppRunner(self._admin_app(), access_log=None, shutdown_timeout=1.0)
+        admin_app = create_admin_app(self._registry, self._readiness, lambda: {"workers": len(self._workers)})
+        admin = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
         await admin.setup()
         where = self._config.admin_listen
         await web.TCPSite(admin, where.host, where.port, reuse_address=True).start()
@@ -119,27 +121,11 @@ class Supervisor:
                 await asyncio.sleep(_RESTART_DELAY_SECONDS)
                 self._workers[index] = self._start_worker()
 
-    def _admin_app(self) -> web.Application:
-        app = web.Application()
-
-        async def healthz(_: web.Request) -> web.Response:
-            return web.json_response({"status": "alive", "workers": len(self._workers)})
-
-        async def readyz(_: web.Request) -> web.Response:
-            ready = self.ready_workers()
-            if not self._draining and ready >= self._count:
-                return web.json_response({"status": "ready", "workers": ready})
-            why = "draining" if self._draining else f"{ready:g} of {self._count} workers ready"
-            return web.json_response({"status": "not ready", "why": why}, status=503)
-
-        async def metrics(_: web.Request) -> web.Response:
-            body = generate_latest(self._registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
-        app.router.add_get("/metrics", metrics)
-        return app
+    def _readiness(self) -> tuple[bool, dict[str, object]]:
+        ready = self.ready_workers()
+        if not self._draining and ready >= self._count:
+            return True, {"workers": ready}
+        return False, {"why": "draining" if self._draining else f"{ready:g} of {self._count} workers ready"}
 
 
 def run_workers(config: Config, count: int) -> int:
