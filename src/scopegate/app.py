@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from scopegate.config import Config
+from scopegate.config import AuthConfig, Config
 from scopegate.discovery import HttpJwksFetcher
 from scopegate.jwks import JwksCache
 from scopegate.observability import Metrics
@@ -33,6 +33,23 @@ log = structlog.get_logger("scopegate")
 
 # Settings bound to listeners or to the key cache: a reload reports a change to them and keeps the old values.
 RESTART_ONLY = ("listen", "admin_listen", "auth")
+
+
+def build_verifier(
+    auth: AuthConfig, session: aiohttp.ClientSession, *, on_refresh: Callable[[bool, int], None] | None = None
+) -> tuple[JwksCache, TokenVerifier]:
+    """The issuer's key cache (fetching over `session`) and the token verifier that uses it, from `auth`."""
+    keys = JwksCache(
+        fetch=HttpJwksFetcher(session, issuer=auth.issuer, jwks_uri=auth.jwks_uri),
+        algorithms=auth.algorithms,
+        refresh_seconds=auth.jwks_refresh_seconds,
+        refetch_cooldown_seconds=auth.jwks_refetch_cooldown_seconds,
+        on_refresh=on_refresh,
+    )
+    verifier = TokenVerifier(
+        issuer=auth.issuer, algorithms=auth.algorithms, leeway_seconds=auth.leeway_seconds, keys=keys
+    )
+    return keys, verifier
 
 
 class Gateway:
@@ -58,18 +75,8 @@ class Gateway:
         return self._pipeline
 
     async def start(self) -> None:
-        auth = self.config.auth
         self._session = new_session()
-        self._keys = JwksCache(
-            fetch=HttpJwksFetcher(self._session, issuer=auth.issuer, jwks_uri=auth.jwks_uri),
-            algorithms=auth.algorithms,
-            refresh_seconds=auth.jwks_refresh_seconds,
-            refetch_cooldown_seconds=auth.jwks_refetch_cooldown_seconds,
-            on_refresh=self._keys_refreshed,
-        )
-        verifier = TokenVerifier(
-            issuer=auth.issuer, algorithms=auth.algorithms, leeway_seconds=auth.leeway_seconds, keys=self._keys
-        )
+        self._keys, verifier = build_verifier(self.config.auth, self._session, on_refresh=self._keys_refreshed)
         rules = Ruleset.build(self.config, self._session)
         self._pipeline = Pipeline(rules=rules, verifier=verifier, metrics=self.metrics)
         self._refresh_task = asyncio.create_task(self._keys.run(), name="jwks-refresh")

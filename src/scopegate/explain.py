@@ -16,16 +16,15 @@ import aiohttp
 from multidict import CIMultiDict, MultiDict
 from yarl import URL
 
+from scopegate.app import build_verifier
 from scopegate.bearer import organization_id
 from scopegate.config import Config
-from scopegate.discovery import HttpJwksFetcher
 from scopegate.errors import RESPONSES, MissingToken, NoRoute, Reason, Rejection
-from scopegate.jwks import JwksCache
 from scopegate.pipeline import build_router
 from scopegate.policy import Decision, decide
 from scopegate.routing import normalize_path
 from scopegate.rules import RouteRule, ScopeMode
-from scopegate.tokens import Claims, TokenVerifier, claims_from_payload
+from scopegate.tokens import Claims, claims_from_payload
 
 
 @dataclass
@@ -119,18 +118,9 @@ async def _claims(config: Config, token: str | None, claims: Mapping[str, Any] |
     if token is None:
         raise MissingToken("no_token", "no token given (use --token JWT or --claims JSON)")
     result.token_note = "verifying against the issuer's JWKS"
-    auth = config.auth
     async with aiohttp.ClientSession() as session:
-        keys = JwksCache(
-            fetch=HttpJwksFetcher(session, issuer=auth.issuer, jwks_uri=auth.jwks_uri),
-            algorithms=auth.algorithms,
-            refresh_seconds=auth.jwks_refresh_seconds,
-            refetch_cooldown_seconds=auth.jwks_refetch_cooldown_seconds,
-        )
+        keys, verifier = build_verifier(config.auth, session)
         await keys.refresh()
-        verifier = TokenVerifier(
-            issuer=auth.issuer, algorithms=auth.algorithms, leeway_seconds=auth.leeway_seconds, keys=keys
-        )
         verified = await verifier.verify(token)
     result.token_note = "signature verified against the issuer's JWKS"
     return verified
