@@ -65,7 +65,7 @@ class Server:
         self._runners.append(proxy)
         await proxy.setup()
         self.bound["proxy"] = await _bind(proxy, config.listen, reuse_port=self._reuse_port)
-        self.gateway.metrics.config_loaded(config_digest(config.source))
+        self.gateway.metrics.config_loaded(self.attempted_digest)
         log.info(
             "started",
             listen=str(self.bound["proxy"]),
