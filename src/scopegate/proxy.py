@@ -61,7 +61,6 @@ class Forwarded:
     """How forwarding went, for the decision log and metrics."""
 
     response: web.StreamResponse
-    status: int
     upstream_seconds: float
     broken_by: str = ""  # BROKEN_BY_UPSTREAM or BROKEN_BY_CLIENT when the body stopped short
 
@@ -105,10 +104,10 @@ class Upstream:
             broken_by = await _pump_body(upstream, response, request)
         finally:
             upstream.release()
-        return Forwarded(response, upstream.status, seconds, broken_by)
+        return Forwarded(response, seconds, broken_by)
 
     async def _open(self, request: web.BaseRequest, forward: Forward) -> aiohttp.ClientResponse:
-        url = self._base + forward.path + (f"?{forward.query}" if forward.query else "")
+        url = _target(self._base, forward)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeout) as deadline:
@@ -119,7 +118,7 @@ class Upstream:
                 body = _streamed(request.content, progressed) if request.body_exists else None
                 return await self._session.request(
                     request.method,
-                    URL(url, encoded=True),
+                    url,
                     headers=upstream_headers(request, forward),
                     data=body,
                     allow_redirects=False,
@@ -131,14 +130,12 @@ class Upstream:
 
     async def forward_websocket(self, request: web.BaseRequest, forward: Forward) -> Forwarded:
         started = time.perf_counter()
-        url = self._ws_base + forward.path + (f"?{forward.query}" if forward.query else "")
+        url = _target(self._ws_base, forward)
         headers = upstream_headers(request, forward, drop=_WS_HANDSHAKE)
         offered = _offered_protocols(request.headers)
         try:
             async with asyncio.timeout(self._timeout):
-                upstream = await self._session.ws_connect(
-                    URL(url, encoded=True), headers=headers, protocols=offered, autoping=True
-                )
+                upstream = await self._session.ws_connect(url, headers=headers, protocols=offered, autoping=True)
         except TimeoutError as exc:
             raise UpstreamTimeout("websocket_handshake") from exc
         except (aiohttp.ClientError, OSError) as exc:
@@ -147,7 +144,12 @@ class Upstream:
         client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else ())
         await client.prepare(request)
         await _relay_websocket(client, upstream)
-        return Forwarded(client, 101, seconds)
+        return Forwarded(client, seconds)
+
+
+def _target(base: str, forward: Forward) -> URL:
+    """The upstream URL: its base, then the authorized path and the client's raw query, re-encoded by nobody."""
+    return URL(base + forward.path + (f"?{forward.query}" if forward.query else ""), encoded=True)
 
 
 def upstream_headers(
