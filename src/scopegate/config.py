@@ -23,6 +23,15 @@ ASYMMETRIC_ALGORITHMS: frozenset[str] = frozenset(
 FORBIDDEN_ALGORITHMS: frozenset[str] = frozenset({"none", "HS256", "HS384", "HS512"})
 
 
+def require_asymmetric(algorithms: frozenset[str]) -> None:
+    """Refuse an allow-list with anything but asymmetric algorithms: a public key must never serve as an HMAC secret.
+
+    Config validation already refuses them; each verifying component checks again, for callers that skip the config.
+    """
+    if not algorithms <= ASYMMETRIC_ALGORITHMS:
+        raise ValueError(f"only asymmetric algorithms can be allowed; got {sorted(algorithms)}")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HostPort:
     host: str

@@ -24,7 +24,7 @@ from typing import Any
 import jwt
 import structlog
 
-from scopegate.config import ASYMMETRIC_ALGORITHMS
+from scopegate.config import require_asymmetric
 from scopegate.errors import InvalidToken, JwksFetchError, JwksUnavailable
 
 FetchJwks = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -183,8 +183,7 @@ class JwksCache:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_refresh: Callable[[bool, int], None] | None = None,
     ) -> None:
-        if not algorithms <= ASYMMETRIC_ALGORITHMS:
-            raise ValueError(f"only asymmetric algorithms can be allowed; got {sorted(algorithms)}")
+        require_asymmetric(algorithms)
         self._fetch = fetch
         self._algorithms = algorithms
         self._refresh_seconds = refresh_seconds

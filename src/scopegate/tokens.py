@@ -26,7 +26,7 @@ from typing import Any, NoReturn, Protocol
 
 import jwt
 
-from scopegate.config import ASYMMETRIC_ALGORITHMS, FORBIDDEN_ALGORITHMS
+from scopegate.config import FORBIDDEN_ALGORITHMS, require_asymmetric
 from scopegate.errors import InvalidToken
 
 DEFAULT_MAX_TOKEN_BYTES = 16384
@@ -116,9 +116,7 @@ class TokenVerifier:
         clock: Callable[[], float] = time.time,
         max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
     ) -> None:
-        # A public key must never be used as an HMAC secret: refuse such a configuration outright.
-        if not algorithms <= ASYMMETRIC_ALGORITHMS:
-            raise ValueError(f"only asymmetric algorithms can be allowed; got {sorted(algorithms)}")
+        require_asymmetric(algorithms)
         self._issuer = issuer
         self._algorithms = algorithms
         self._leeway = leeway_seconds
