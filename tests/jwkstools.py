@@ -1,4 +1,4 @@
-"""Test doubles for the key cache: a fake clock, a scripted issuer, recorded refreshes and sleeps."""
+"""Test doubles for the key cache: a fake clock, a scripted issuer, recorded refreshes, removals and sleeps."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from scopegate.config import ASYMMETRIC_ALGORITHMS
 from scopegate.errors import JwksFetchError
-from scopegate.jwks import JwksCache
+from scopegate.jwks import JwksCache, KeyId, KeysRemoved
 
 from tokenlib import Json, jwks
 
@@ -51,12 +51,20 @@ class Refreshes(list[tuple[bool, int]]):
         self.append((success, keys))
 
 
+class Removals(list[frozenset[KeyId]]):
+    """The on_keys_removed hook: every set of removed key ids, in order."""
+
+    def __call__(self, removed: frozenset[KeyId]) -> None:
+        self.append(removed)
+
+
 def make_cache(
     issuer: Callable[[], Awaitable[Mapping[str, Any]]],
     *,
     clock: FakeClock | None = None,
     algorithms: frozenset[str] = ASYMMETRIC_ALGORITHMS,
     on_refresh: Refreshes | None = None,
+    on_keys_removed: KeysRemoved | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     refresh_seconds: float = 300,
 ) -> JwksCache:
@@ -68,6 +76,7 @@ def make_cache(
         clock=clock or FakeClock(),
         sleep=sleep,
         on_refresh=on_refresh,
+        on_keys_removed=on_keys_removed,
     )
 
 

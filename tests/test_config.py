@@ -153,6 +153,7 @@ def test_defaults() -> None:
     assert config.auth.jwks_refetch_cooldown_seconds == 5.0
     assert config.auth.algorithms == ASYMMETRIC_ALGORITHMS
     assert config.auth.jwks_uri is None
+    assert config.auth.token_cache_entries == 4096
     (rule,) = config.routes
     assert rule.methods is None
     assert rule.public is False
@@ -176,7 +177,7 @@ def test_explicit_values_are_kept() -> None:
         "upstream: http://127.0.0.1:3000\n"
         "auth:\n  issuer: https://tenant.logto.app/oidc\n  jwks_uri: https://keys.example.com/jwks\n"
         "  algorithms: [EdDSA]\n  leeway_seconds: 0\n  jwks_refresh_seconds: 1\n  jwks_refetch_cooldown_seconds: 0\n"
-        + REPORTS
+        "  token_cache_entries: 0\n" + REPORTS
     )
     assert config.listen == HostPort(host="127.0.0.1", port=18080)
     assert config.admin_listen == HostPort(host="127.0.0.1", port=19090)
@@ -187,6 +188,39 @@ def test_explicit_values_are_kept() -> None:
     assert config.auth.algorithms == frozenset({"EdDSA"})
     assert (config.auth.leeway_seconds, config.auth.jwks_refresh_seconds) == (0.0, 1.0)
     assert config.auth.jwks_refetch_cooldown_seconds == 0.0
+    assert config.auth.token_cache_entries == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("1", 1, id="one"),
+        pytest.param("100000", 100000, id="large"),
+    ],
+)
+def test_token_cache_entries_is_a_whole_number(value: str, expected: int) -> None:
+    config = parse_config(HEAD + f"  token_cache_entries: {value}\n" + REPORTS)
+    assert config.auth.token_cache_entries == expected
+    assert isinstance(config.auth.token_cache_entries, int)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param("-1", "must be at least 0; got -1", id="negative"),
+        pytest.param("2.5", "expected a whole number; got a number 2.5", id="fraction"),
+        pytest.param("4096.0", "expected a whole number; got a number 4096.0", id="float"),
+        pytest.param(".inf", "expected a whole number; got a number .inf", id="infinity"),
+        pytest.param("true", "expected a whole number; got a boolean true", id="boolean"),
+        pytest.param('"4096"', "expected a whole number; got a string '4096'", id="quoted"),
+        pytest.param("null", "expected a whole number; got null", id="null"),
+        pytest.param("[1]", "expected a whole number; got a list", id="list"),
+    ],
+)
+def test_token_cache_entries_must_be_a_whole_number_of_at_least_zero(value: str, message: str) -> None:
+    assert problems(HEAD + f"  token_cache_entries: {value}\n" + REPORTS) == [
+        f"<config>:4: auth.token_cache_entries: {message}"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -21,8 +21,8 @@ from scopegate.errors import InvalidToken, JwksUnavailable
 from scopegate.jwks import MAX_KEYS, JwksCache
 from scopegate.tokens import TokenVerifier
 
-from jwkstools import COOLDOWN, FakeClock, FakeIssuer, Refreshes, Sleeps, make_cache, run_until
-from tokenlib import EC_A, EC_B, EC_P256, ED, ISSUER, NOW, RSA, logto_claims
+from jwkstools import COOLDOWN, FakeClock, FakeIssuer, Refreshes, Removals, Sleeps, make_cache, run_until
+from tokenlib import EC_A, EC_B, EC_P256, ED, ISSUER, NOW, RSA, Json, logto_claims
 
 
 def random_kid() -> str:
@@ -185,6 +185,86 @@ async def test_a_document_without_usable_keys_is_a_failed_fetch(document: Mappin
     assert await cache.refresh() is False
     assert refreshes == [(True, 1), (False, 1)]
     assert (await cache.key_for(EC_A.kid, "ES384")).key_id == EC_A.kid
+
+
+# --- removed keys ---------------------------------------------------------------------------------------------
+
+A_WITHOUT_KID = {name: value for name, value in EC_A.jwk().items() if name != "kid"}
+RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "removed"),
+    [
+        pytest.param([EC_A.jwk()], [EC_A.jwk()], set(), id="same-keys"),
+        pytest.param([EC_A.jwk()], [EC_A.jwk(), EC_B.jwk()], set(), id="new-key-published-beside-the-old"),
+        pytest.param([EC_A.jwk(), EC_B.jwk()], [EC_B.jwk()], {(EC_A.kid, "ES384")}, id="old-key-retired"),
+        pytest.param([EC_A.jwk()], [EC_B.jwk(kid=EC_A.kid)], {(EC_A.kid, "ES384")}, id="kid-rebound-to-another-key"),
+        pytest.param([A_WITHOUT_KID, EC_B.jwk()], [EC_B.jwk()], {(None, "ES384")}, id="key-without-kid-retired"),
+        pytest.param(
+            [RSA.jwk(with_alg=False)],
+            [RSA.jwk(alg="RS256")],
+            {(RSA.kid, alg) for alg in RSA_ALGORITHMS if alg != "RS256"},
+            id="rsa-key-pinned-to-one-alg",
+        ),
+    ],
+)
+async def test_a_refresh_reports_exactly_the_keys_it_no_longer_publishes(
+    before: list[Json], after: list[Json], removed: set[tuple[str | None, str]]
+) -> None:
+    issuer, removals = FakeIssuer(*before), Removals()
+    cache = make_cache(issuer, on_keys_removed=removals)
+    assert await cache.refresh()
+    issuer.keys = after
+    assert await cache.refresh()
+    reported = {(key.kid, key.alg) for key in removals[0]} if removals else set()
+    assert reported == removed
+    assert len(removals) == (1 if removed else 0)  # nothing removed: not called at all
+
+
+async def test_key_ids_survive_the_reparse_of_every_refresh() -> None:
+    cache = make_cache(FakeIssuer(EC_A.jwk()))
+    assert await cache.refresh()
+    first = await cache.key_for(EC_A.kid, "ES384")
+    assert await cache.refresh()
+    second = await cache.key_for(EC_A.kid, "ES384")
+    assert second is not first
+    assert second.identity == first.identity
+
+
+async def test_a_rebound_kid_is_told_apart_by_its_key_material() -> None:
+    issuer, removals = FakeIssuer(EC_A.jwk()), Removals()
+    cache = make_cache(issuer, on_keys_removed=removals)
+    assert await cache.refresh()
+    old = (await cache.key_for(EC_A.kid, "ES384")).identity
+    issuer.keys = [EC_B.jwk(kid=EC_A.kid)]
+    assert await cache.refresh()
+    new = (await cache.key_for(EC_A.kid, "ES384")).identity
+    assert (new.kid, new.alg) == (old.kid, old.alg)
+    assert new.fingerprint != old.fingerprint
+    assert removals == [frozenset({old})]
+
+
+def take_down(issuer: FakeIssuer) -> None:
+    issuer.up = False
+
+
+def serve_only_unusable_keys(issuer: FakeIssuer) -> None:
+    issuer.document = {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}
+
+
+@pytest.mark.parametrize(
+    "break_issuer",
+    [pytest.param(take_down, id="issuer-down"), pytest.param(serve_only_unusable_keys, id="no-usable-keys")],
+)
+async def test_a_failed_refresh_removes_no_key(break_issuer: Callable[[FakeIssuer], None]) -> None:
+    """Stale-on-error: the old keys keep serving, and so do the tokens they verified."""
+    issuer, removals = FakeIssuer(EC_A.jwk()), Removals()
+    cache = make_cache(issuer, on_keys_removed=removals)
+    assert await cache.refresh()
+    break_issuer(issuer)
+    assert await cache.refresh() is False
+    assert removals == []
 
 
 # --- which keys are used --------------------------------------------------------------------------------------

@@ -49,6 +49,19 @@ class AuthConfig:
     leeway_seconds: float
     jwks_refresh_seconds: float
     jwks_refetch_cooldown_seconds: float
+    token_cache_entries: int  # verified tokens remembered (LRU); 0 turns the cache off
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """HTTP/1.1 limits on the proxy port: a request over them is refused before anything reaches the upstream."""
+
+    max_request_line_bytes: int = 16384  # -> 414
+    max_header_bytes: int = 32768  # all header fields together -> 431
+    max_header_count: int = 100  # -> 431
+    max_body_bytes: int | None = None  # None: unlimited -> 413
+    request_header_timeout_seconds: float = 10.0  # the whole request head must arrive within this -> 408
+    keepalive_timeout_seconds: float = 75.0  # an idle client connection is closed after this
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +76,7 @@ class Config:
     mode: Mode
     auth: AuthConfig
     routes: tuple[RouteRule, ...]
+    limits: Limits = Limits()
 
 
 DEFAULT_LISTEN = "0.0.0.0:8080"  # a sidecar must accept traffic from the pod network
@@ -78,6 +92,7 @@ _TOP_KEYS = (
     "mode",
     "auth",
     "routes",
+    "limits",
 )
 _AUTH_KEYS = (
     "issuer",
@@ -86,7 +101,9 @@ _AUTH_KEYS = (
     "leeway_seconds",
     "jwks_refresh_seconds",
     "jwks_refetch_cooldown_seconds",
+    "token_cache_entries",
 )
+DEFAULT_TOKEN_CACHE_ENTRIES = 4096
 
 
 def load_config(path: str | Path) -> Config:
@@ -121,6 +138,7 @@ def _parse_root(root: Field, source: Path | None) -> Config | None:
     upstream = optional(members, "upstream", _upstream_url, None)
     auth = optional(members, "auth", _auth, None)
     routes = optional(members, "routes", lambda f: parse_routes(f, Mode(mode or Mode.ENFORCE)), None)
+    limits = optional(members, "limits", _limits, Limits())
     if listen is not None and admin is not None and _same_socket(listen, admin):
         _port_clash(members, listen, admin)
     values = {
@@ -129,6 +147,8 @@ def _parse_root(root: Field, source: Path | None) -> Config | None:
         "log_level": optional(members, "log_level", lambda f: f.choice(LOG_LEVELS), "info"),
     }
     if listen is None or admin is None or upstream is None or auth is None or routes is None or mode is None:
+        return None
+    if limits is None:
         return None
     if None in values.values():
         return None
@@ -143,6 +163,7 @@ def _parse_root(root: Field, source: Path | None) -> Config | None:
         mode=Mode(mode),
         auth=auth,
         routes=routes,
+        limits=limits,
     )
 
 
@@ -217,6 +238,49 @@ def _non_negative(field: Field) -> float | None:
     return field.number(minimum=0)
 
 
+# --- limits ---------------------------------------------------------------------------------------------------
+
+_LIMIT_KEYS = (
+    "max_request_line_bytes",
+    "max_header_bytes",
+    "max_header_count",
+    "max_body_bytes",
+    "request_header_timeout_seconds",
+    "keepalive_timeout_seconds",
+)
+
+
+def _limits(field: Field) -> Limits | None:
+    members = field.mapping(_LIMIT_KEYS)
+    if members is None:
+        return None
+    default = Limits()
+
+    def whole(key: str, minimum: int, fallback: int | None) -> int | None:
+        return optional(members, key, lambda f: f.integer(minimum=minimum), fallback)
+
+    line = whole("max_request_line_bytes", 64, default.max_request_line_bytes)
+    header_bytes = whole("max_header_bytes", 256, default.max_header_bytes)
+    header_count = whole("max_header_count", 4, default.max_header_count)
+    body = whole("max_body_bytes", 0, None)
+    header_timeout = optional(
+        members, "request_header_timeout_seconds", _positive, default.request_header_timeout_seconds
+    )
+    keepalive = optional(members, "keepalive_timeout_seconds", _positive, default.keepalive_timeout_seconds)
+    if line is None or header_bytes is None or header_count is None or header_timeout is None or keepalive is None:
+        return None
+    if body is None and "max_body_bytes" in members:
+        return None
+    return Limits(
+        max_request_line_bytes=line,
+        max_header_bytes=header_bytes,
+        max_header_count=header_count,
+        max_body_bytes=body,
+        request_header_timeout_seconds=header_timeout,
+        keepalive_timeout_seconds=keepalive,
+    )
+
+
 # --- auth -----------------------------------------------------------------------------------------------------
 
 
@@ -232,7 +296,10 @@ def _auth(field: Field) -> AuthConfig | None:
     leeway = optional(members, "leeway_seconds", _non_negative, 60.0)
     refresh = optional(members, "jwks_refresh_seconds", lambda f: f.number(minimum=1), 300.0)
     cooldown = optional(members, "jwks_refetch_cooldown_seconds", _non_negative, 5.0)
-    if issuer is None or jwks_uri is None or algorithms is None or None in (leeway, refresh, cooldown):
+    cache_entries = optional(
+        members, "token_cache_entries", lambda f: f.integer(minimum=0), DEFAULT_TOKEN_CACHE_ENTRIES
+    )
+    if issuer is None or jwks_uri is None or algorithms is None or None in (leeway, refresh, cooldown, cache_entries):
         return None
     return AuthConfig(
         issuer=issuer,
@@ -241,6 +308,7 @@ def _auth(field: Field) -> AuthConfig | None:
         leeway_seconds=float(leeway or 0),
         jwks_refresh_seconds=float(refresh or 0),
         jwks_refetch_cooldown_seconds=float(cooldown or 0),
+        token_cache_entries=int(cache_entries or 0),
     )
 
 

@@ -7,15 +7,19 @@ so the cache does its own timing:
 - every fetch is single-flight: concurrent callers share one request;
 - a token naming an unknown `kid` triggers at most one refetch per cooldown, so a flood of made-up kids cannot turn
   into a flood of JWKS requests;
-- a failed fetch keeps the old keys (stale-on-error): an issuer outage must not turn every request into a 401.
+- a failed fetch keeps the old keys (stale-on-error): an issuer outage must not turn every request into a 401;
+- a new key set that no longer publishes a key is reported (`on_keys_removed`), so tokens verified with that key stop
+  being served from the verified-token cache.
 
-Keys are parsed once per fetch into `jwt.PyJWK` objects indexed by (kid, alg); a JWK that cannot be used safely is
-skipped with a warning rather than failing the whole set. Only the `kid` of a key is ever logged.
+Keys are parsed once per fetch into `PublishedKey` objects (a `jwt.PyJWK` plus a `KeyId`) indexed by (kid, alg); a
+JWK that cannot be used safely is skipped with a warning rather than failing the whole set. Only the `kid` of a key is
+ever logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +27,7 @@ from typing import Any
 
 import jwt
 import structlog
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from scopegate.config import require_asymmetric
 from scopegate.errors import InvalidToken, JwksFetchError, JwksUnavailable
@@ -45,14 +50,42 @@ _log = structlog.get_logger("scopegate.jwks")
 
 
 @dataclass(frozen=True, slots=True)
+class KeyId:
+    """Which published key verified a token, comparable across refreshes (every refresh re-parses every key).
+
+    The fingerprint is part of it because a `kid` alone can be re-bound to other key material.
+    """
+
+    kid: str | None
+    alg: str
+    fingerprint: str  # SHA-256 of the public key's DER SubjectPublicKeyInfo, hex
+
+
+class PublishedKey(jwt.PyJWK):
+    """A `jwt.PyJWK` serving one algorithm, with its `KeyId` computed once, when the JWKS is parsed."""
+
+    def __init__(self, jwk: dict[str, Any], algorithm: str) -> None:
+        super().__init__(jwk, algorithm=algorithm)
+        spki = self.key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        self.identity = KeyId(kid=self.key_id, alg=algorithm, fingerprint=hashlib.sha256(spki).hexdigest())
+
+
+KeysRemoved = Callable[[frozenset[KeyId]], None]
+
+
+@dataclass(frozen=True, slots=True)
 class _KeySet:
     """One JWKS, parsed; replaced as a whole, so a lookup never sees half of an old and half of a new set."""
 
-    by_kid: Mapping[str, Mapping[str, jwt.PyJWK]]  # kid -> alg -> key
-    by_alg: Mapping[str, tuple[jwt.PyJWK, ...]]  # alg -> every key serving it, for tokens without a kid
+    by_kid: Mapping[str, Mapping[str, PublishedKey]]  # kid -> alg -> key
+    by_alg: Mapping[str, tuple[PublishedKey, ...]]  # alg -> every key serving it, for tokens without a kid
     count: int
 
-    def find(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
+    @property
+    def identities(self) -> frozenset[KeyId]:
+        return frozenset(key.identity for keys in self.by_alg.values() for key in keys)
+
+    def find(self, kid: str | None, alg: str) -> PublishedKey | None:
         """The key, None when the kid is unknown (a refetch may help), or InvalidToken when no refetch can help."""
         if kid is None:
             candidates = self.by_alg.get(alg, ())
@@ -85,8 +118,8 @@ def _parse_jwks(document: Mapping[str, Any], algorithms: frozenset[str]) -> _Key
         raise JwksFetchError('the JWKS document has no "keys" array')
     if len(entries) > MAX_KEYS:
         _log.warning("jwks_truncated", keys=len(entries), kept=MAX_KEYS)
-    by_kid: dict[str, dict[str, jwt.PyJWK]] = {}
-    by_alg: dict[str, list[jwt.PyJWK]] = {}
+    by_kid: dict[str, dict[str, PublishedKey]] = {}
+    by_alg: dict[str, list[PublishedKey]] = {}
     count = 0
     for entry in entries[:MAX_KEYS]:
         kid, keys = _usable_key(entry, algorithms, by_kid)
@@ -104,7 +137,7 @@ def _parse_jwks(document: Mapping[str, Any], algorithms: frozenset[str]) -> _Key
 
 def _usable_key(
     entry: object, algorithms: frozenset[str], seen: Mapping[str, object]
-) -> tuple[str | None, dict[str, jwt.PyJWK]]:
+) -> tuple[str | None, dict[str, PublishedKey]]:
     """(kid, alg -> key) for one JWK; an unusable JWK is logged and yields no keys."""
     kid = entry.get("kid") if isinstance(entry, dict) else None
     try:
@@ -118,7 +151,7 @@ def _usable_key(
         return None, {}
 
 
-def _keys_for(entry: object, algorithms: frozenset[str]) -> dict[str, jwt.PyJWK]:
+def _keys_for(entry: object, algorithms: frozenset[str]) -> dict[str, PublishedKey]:
     if not isinstance(entry, dict):
         raise _Unusable("not_an_object")
     _check_purpose(entry)
@@ -126,7 +159,7 @@ def _keys_for(entry: object, algorithms: frozenset[str]) -> dict[str, jwt.PyJWK]
     if not served:
         raise _Unusable("no_allowed_algorithm")
     try:
-        keys = {alg: jwt.PyJWK(dict(entry), algorithm=alg) for alg in sorted(served)}
+        keys = {alg: PublishedKey(dict(entry), algorithm=alg) for alg in sorted(served)}
     except Exception as exc:  # pyjwt and cryptography raise many types for a broken JWK
         raise _Unusable("unparseable") from exc
     if any(key.Algorithm.check_key_length(key.key) for key in keys.values()):
@@ -170,7 +203,11 @@ def _algorithms_of(entry: Mapping[str, Any]) -> frozenset[str]:
 
 
 class JwksCache:
-    """The issuer's keys for `TokenVerifier` (a `KeySource`): refreshed in the background, refetched on rotation."""
+    """The issuer's keys for `TokenVerifier` (a `KeySource`): refreshed in the background, refetched on rotation.
+
+    `on_refresh(success, key_count)` hears of every fetch; `on_keys_removed(ids)` of every swap that drops keys. It
+    is called in the same step as the swap, so no request can be answered on a removed key's word in between.
+    """
 
     def __init__(
         self,
@@ -182,6 +219,7 @@ class JwksCache:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_refresh: Callable[[bool, int], None] | None = None,
+        on_keys_removed: KeysRemoved | None = None,
     ) -> None:
         require_asymmetric(algorithms)
         self._fetch = fetch
@@ -191,6 +229,7 @@ class JwksCache:
         self._clock = clock
         self._sleep = sleep
         self._on_refresh = on_refresh
+        self._on_keys_removed = on_keys_removed
         self._keys = _NO_KEYS
         self._in_flight: asyncio.Task[bool] | None = None
         self._last_fetch_started: float | None = None
@@ -211,7 +250,7 @@ class JwksCache:
         # shield: a caller that gives up (a cancelled request) must not cancel the fetch others are waiting on
         return await asyncio.shield(self._in_flight)
 
-    async def key_for(self, kid: str | None, alg: str) -> jwt.PyJWK:
+    async def key_for(self, kid: str | None, alg: str) -> PublishedKey:
         """The key for (kid, alg); an unknown kid triggers at most one refetch per cooldown."""
         if alg not in self._algorithms:
             raise InvalidToken(
@@ -260,6 +299,12 @@ class JwksCache:
         except Exception as exc:  # whatever the fetcher raises, the old keys keep serving
             _log.warning("jwks_refresh_failed", error=str(exc) or type(exc).__name__, keys=self.key_count)
             return False
-        self._keys = keys
+        self._swap(keys)
         _log.info("jwks_refreshed", keys=keys.count)
         return True
+
+    def _swap(self, keys: _KeySet) -> None:
+        removed = self._keys.identities - keys.identities
+        self._keys = keys
+        if removed and self._on_keys_removed is not None:
+            self._on_keys_removed(removed)

@@ -9,6 +9,10 @@ syntax, header, key, signature, claims — and every failure is an `InvalidToken
 
 pyjwt parses keys and checks signatures; `jwt.decode` is deliberately not used, because its claim checks would fold
 several distinct failures into one exception and accept types this module refuses.
+
+A successful verification is remembered in a `TokenCache` (tokencache.py) with what the time checks need and the key
+that verified it. A hit skips everything but the time checks, which are the very function a full verification runs,
+so a remembered token is refused exactly when, and exactly as, re-verifying it would be.
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
 from typing import Any, NoReturn, Protocol
 
-import jwt
-
 from scopegate.config import FORBIDDEN_ALGORITHMS, require_asymmetric
 from scopegate.errors import InvalidToken
+from scopegate.jwks import KeyId, PublishedKey
+from scopegate.tokencache import CacheStats, TokenCache
 
 DEFAULT_MAX_TOKEN_BYTES = 16384
 
@@ -85,7 +90,7 @@ class Claims:
 class KeySource(Protocol):
     """Where verification gets its public keys (the JWKS cache in production)."""
 
-    async def key_for(self, kid: str | None, alg: str) -> jwt.PyJWK:
+    async def key_for(self, kid: str | None, alg: str) -> PublishedKey:
         """The key for `kid` usable with `alg`; raises `InvalidToken` (unknown_kid, alg_key_mismatch) or
         `JwksUnavailable`."""
         ...
@@ -101,10 +106,24 @@ class _Jws:
     signature: bytes
 
 
-class TokenVerifier:
-    """Verifies compact JWS access tokens (RFC 9068) against one issuer and an algorithm allow-list."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedToken:
+    """A token's verification as the cache keeps it: the claims, what the time checks need, the key that signed it."""
 
-    __slots__ = ("_algorithms", "_clock", "_issuer", "_keys", "_leeway", "_max_token_bytes")
+    claims: Claims
+    not_before: float | None  # nbf
+    issued_at: float | None  # iat
+    key: KeyId
+
+
+class TokenVerifier:
+    """Verifies compact JWS access tokens (RFC 9068) against one issuer and an algorithm allow-list.
+
+    With a `cache` (`TokenCache(capacity)`, whose `forget_keys` the key source calls when keys leave the JWKS), a
+    token verified before is answered from memory; without one every call verifies in full.
+    """
+
+    __slots__ = ("_algorithms", "_cache", "_clock", "_issuer", "_keys", "_leeway", "_max_token_bytes")
 
     def __init__(
         self,
@@ -115,6 +134,7 @@ class TokenVerifier:
         keys: KeySource,
         clock: Callable[[], float] = time.time,
         max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
+        cache: TokenCache[VerifiedToken] | None = None,
     ) -> None:
         require_asymmetric(algorithms)
         self._issuer = issuer
@@ -123,15 +143,47 @@ class TokenVerifier:
         self._keys = keys
         self._clock = clock
         self._max_token_bytes = max_token_bytes
+        self._cache: TokenCache[VerifiedToken] = cache if cache is not None else TokenCache(0)
+
+    @property
+    def cache_stats(self) -> CacheStats:
+        return self._cache.stats
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def cached(self, token: str) -> Claims | None:
+        """Sync fast path: the claims of a token verified before (time checks re-applied; raises InvalidToken when
+        they now fail), or None on a miss (or when caching is off)."""
+        if not self._cache.enabled:
+            return None
+        entry = self._cache.get(token)
+        if entry is None:
+            return None
+        try:
+            _check_times(entry.claims.expires_at, entry.not_before, entry.issued_at, self._leeway, self._clock())
+        except InvalidToken:
+            self._cache.evict(token)
+            raise
+        return entry.claims
 
     async def verify(self, token: str) -> Claims:
-        """The token's claims once syntax, header, key, signature and registered claims all check out."""
+        """Full verification (consults the cache first; single-flight; caches success)."""
+        claims = self.cached(token)
+        if claims is not None:
+            return claims
+        if not self._cache.enabled:
+            return (await self._verify(token)).claims
+        return (await self._cache.share(token, partial(self._verify, token))).claims
+
+    async def _verify(self, token: str) -> VerifiedToken:
+        """Syntax, header, key, signature and registered claims, in that order."""
         jws = _parse(token, self._max_token_bytes)
         alg, kid = _check_header(jws.header, self._algorithms)
         key = await self._keys.key_for(kid, alg)
         _check_signature(key, jws)
-        expires_at = _check_registered_claims(jws.payload, self._issuer, self._leeway, self._clock())
-        return _claims(jws.payload, expires_at)
+        exp, nbf, iat = _check_registered_claims(jws.payload, self._issuer, self._leeway, self._clock())
+        return VerifiedToken(claims=_claims(jws.payload, exp), not_before=nbf, issued_at=iat, key=key.identity)
 
 
 def claims_from_payload(payload: Mapping[str, Any]) -> Claims:
@@ -246,7 +298,7 @@ def _check_header(header: Mapping[str, Any], allowed: frozenset[str]) -> tuple[s
     return alg, kid
 
 
-def _check_signature(key: jwt.PyJWK, jws: _Jws) -> None:
+def _check_signature(key: PublishedKey, jws: _Jws) -> None:
     try:
         valid = key.Algorithm.verify(jws.signing_input, key.key, jws.signature)
     except Exception:  # pyjwt and cryptography raise many types on hostile input; all mean "not verified"
@@ -258,8 +310,10 @@ def _check_signature(key: jwt.PyJWK, jws: _Jws) -> None:
 # --- claims ---------------------------------------------------------------------------------------------------
 
 
-def _check_registered_claims(payload: Mapping[str, Any], issuer: str, leeway: float, now: float) -> float:
-    """Issuer and validity window, checked only after the signature; returns the expiry time."""
+def _check_registered_claims(
+    payload: Mapping[str, Any], issuer: str, leeway: float, now: float
+) -> tuple[float, float | None, float | None]:
+    """Issuer and validity window, checked only after the signature; returns (exp, nbf, iat)."""
     iss = payload.get("iss")
     if not isinstance(iss, str) or iss != issuer:
         _reject("wrong_issuer")
@@ -267,11 +321,16 @@ def _check_registered_claims(payload: Mapping[str, Any], issuer: str, leeway: fl
         _reject("missing_exp")
     exp = _numeric_date(payload["exp"], "exp")
     nbf, iat = _optional_numeric_date(payload, "nbf"), _optional_numeric_date(payload, "iat")
+    _check_times(exp, nbf, iat, leeway, now)
+    return exp, nbf, iat
+
+
+def _check_times(exp: float, nbf: float | None, iat: float | None, leeway: float, now: float) -> None:
+    """The validity window; also run on every cache hit, so a remembered token expires exactly like a fresh one."""
     if now > exp + leeway:
         _reject("expired")
     if (nbf is not None and now + leeway < nbf) or (iat is not None and iat > now + leeway):
         _reject("not_yet_valid")
-    return exp
 
 
 def _optional_numeric_date(payload: Mapping[str, Any], name: str) -> float | None:

@@ -176,6 +176,17 @@ class Field:
             return None
         return number
 
+    def integer(self, *, minimum: int) -> int | None:
+        """A whole number (YAML int, not a float or a boolean) of at least `minimum`."""
+        value = _scalar_value(self.node)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error(f"expected a whole number; got {_kind(self.node)}")
+            return None
+        if value < minimum:
+            self.error(f"must be at least {minimum}; got {value}")
+            return None
+        return value
+
     def choice(self, options: tuple[str, ...], hint: str = "") -> str | None:
         value = self.string()
         if value is not None and value not in options:
