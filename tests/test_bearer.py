@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import operator
+from urllib.parse import urlencode
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from multidict import CIMultiDict, MultiDict
 
 from scopegate.bearer import bearer_token, is_identity_header, organization_id
 from scopegate.errors import BadRequest, InvalidToken, MissingOrganization, MissingToken, Reason, Rejection
+from scopegate.request import Headers
 from scopegate.rules import OrganizationFrom, OrganizationSource
 
 JWT = "eyJhbGciOiJFUzM4NCJ9.eyJzdWIiOiJ1In0.c2ln"
 
 
-def headers(*pairs: tuple[str, str]) -> CIMultiDict[str]:
-    return CIMultiDict(pairs)
+def headers(*pairs: tuple[str, str]) -> Headers:
+    return Headers.of(pairs)
 
 
 # --- bearer_token ---------------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def org(
     sent: tuple[tuple[str, str], ...] = (),
     query: tuple[tuple[str, str], ...] = (),
 ) -> str:
-    return organization_id(source, params or {}, headers(*sent), MultiDict(query))
+    return organization_id(source, params or {}, headers(*sent), urlencode(query))
 
 
 @pytest.mark.parametrize(

@@ -7,20 +7,18 @@ import re
 from typing import Any
 
 import pytest
-from aiohttp import web
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from scopegate.errors import RESPONSES, RETRY_AFTER_SECONDS, Challenge, Reason
-from scopegate.responses import rejection
+from scopegate.responses import RejectionResponse, rejection
 
 # RFC 6750 section 3 with RFC 7235 quoted strings that need no escapes: no `"`, no `\\`, visible ASCII and space.
 _CHALLENGE = re.compile(r'Bearer realm="scopegate"(, (error|error_description|scope)="[ !#-\[\]-~]*")*')
 FORBIDDEN = (Reason.WRONG_ORGANIZATION, Reason.ORGANIZATION_TOKEN, Reason.INSUFFICIENT_SCOPE, Reason.CLAIM_MISMATCH)
 
 
-def body(response: web.Response) -> Any:
-    assert isinstance(response.body, bytes)
+def body(response: RejectionResponse) -> Any:
     return json.loads(response.body)
 
 

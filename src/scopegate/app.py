@@ -1,12 +1,9 @@
-"""Wiring: the one place that builds the stages, owns their resources and serves the two ports.
+"""Wiring: the one place that builds the stages, owns their resources and serves the admin port.
 
-`Gateway` owns what lives as long as the process: the shared upstream client session, the JWKS cache and its
-background refresh, the metrics, the rules in force and the readiness state. `create_proxy_server` serves the proxy
-port, `create_admin_app` the admin port (`/healthz`, `/readyz`, `/metrics`), which is never the proxy port.
-
-The proxy port is aiohttp's low-level `web.Server`, with no URL router in front of the pipeline: a router matches
-on the decoded path (its `.*` does not even match a decoded newline), and the only path matching that may happen
-is scopegate's own, on the normalized path.
+`Gateway` owns what lives as long as the process: the session key fetches go over, the JWKS cache and its
+background refresh, the token verifier and its cache, the metrics, the rules in force (the pipeline) and the
+readiness state. The proxy port itself is `http1.Http1Server` around the gateway's pipeline (see `serve.py`);
+`create_admin_app` serves the admin port (`/healthz`, `/readyz`, `/metrics`), which is never the proxy port.
 """
 
 from __future__ import annotations
@@ -22,12 +19,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from scopegate.config import AuthConfig, Config
-from scopegate.discovery import HttpJwksFetcher
+from scopegate.discovery import HttpJwksFetcher, new_session
+from scopegate.gate import BearerCredentials
 from scopegate.jwks import JwksCache
 from scopegate.observability import Metrics
 from scopegate.pipeline import Pipeline, Ruleset
-from scopegate.proxy import new_session
-from scopegate.tokens import TokenVerifier
+from scopegate.tokencache import TokenCache
+from scopegate.tokens import TokenVerifier, VerifiedToken
 
 log = structlog.get_logger("scopegate")
 
@@ -38,18 +36,28 @@ RESTART_ONLY = ("listen", "admin_listen", "auth")
 def build_verifier(
     auth: AuthConfig, session: aiohttp.ClientSession, *, on_refresh: Callable[[bool, int], None] | None = None
 ) -> tuple[JwksCache, TokenVerifier]:
-    """The issuer's key cache (fetching over `session`) and the token verifier that uses it, from `auth`."""
+    """The issuer's key cache (fetching over `session`) and the token verifier that uses it, from `auth`.
+
+    The verifier remembers up to `auth.token_cache_entries` verified tokens; the key cache flushes those of a key the
+    issuer stops publishing.
+    """
+    verified: TokenCache[VerifiedToken] = TokenCache(auth.token_cache_entries)
     keys = JwksCache(
         fetch=HttpJwksFetcher(session, issuer=auth.issuer, jwks_uri=auth.jwks_uri),
         algorithms=auth.algorithms,
         refresh_seconds=auth.jwks_refresh_seconds,
         refetch_cooldown_seconds=auth.jwks_refetch_cooldown_seconds,
         on_refresh=on_refresh,
+        on_keys_removed=verified.forget_keys,
     )
     verifier = TokenVerifier(
-        issuer=auth.issuer, algorithms=auth.algorithms, leeway_seconds=auth.leeway_seconds, keys=keys
+        issuer=auth.issuer, algorithms=auth.algorithms, leeway_seconds=auth.leeway_seconds, keys=keys, cache=verified
     )
     return keys, verifier
+
+
+# How often the token cache's counters reach the metrics: they count in plain ints so a lookup costs nothing more.
+_CACHE_METRICS_SECONDS = 1.0
 
 
 class Gateway:
@@ -61,8 +69,10 @@ class Gateway:
         self.draining = False
         self._pipeline: Pipeline | None = None
         self._keys: JwksCache | None = None
+        self._verifier: TokenVerifier | None = None
+        self._credentials: BearerCredentials | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._refresh_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def ready(self) -> bool:
@@ -76,16 +86,23 @@ class Gateway:
 
     async def start(self) -> None:
         self._session = new_session()
-        self._keys, verifier = build_verifier(self.config.auth, self._session, on_refresh=self._keys_refreshed)
-        rules = Ruleset.build(self.config, self._session)
-        self._pipeline = Pipeline(rules=rules, verifier=verifier, metrics=self.metrics)
-        self._refresh_task = asyncio.create_task(self._keys.run(), name="jwks-refresh")
+        self._keys, self._verifier = build_verifier(self.config.auth, self._session, on_refresh=self._keys_refreshed)
+        self._credentials = BearerCredentials(self._verifier)
+        self._pipeline = Pipeline(rules=Ruleset.build(self.config, self._credentials), metrics=self.metrics)
+        self._tasks = [
+            asyncio.create_task(self._keys.run(), name="jwks-refresh"),
+            asyncio.create_task(self._sync_cache_metrics(), name="token-cache-metrics"),
+        ]
 
     async def stop(self) -> None:
-        if self._refresh_task is not None:
-            self._refresh_task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._refresh_task
+                await task
+        if self._pipeline is not None:
+            await self._pipeline.stop()
+            self._pipeline.rules.retire()
         if self._session is not None:
             await self._session.close()
 
@@ -106,8 +123,10 @@ class Gateway:
         kept = [name for name in RESTART_ONLY if getattr(config, name) != getattr(self.config, name)]
         if kept:
             config = replace(config, **{name: getattr(self.config, name) for name in kept})
-        if self._session is not None:
-            self.pipeline.rules = Ruleset.build(config, self._session)
+        if self._pipeline is not None and self._credentials is not None:
+            old = self._pipeline.rules
+            self._pipeline.rules = Ruleset.build(config, self._credentials)
+            old.retire()
         self.config = config
         return kept
 
@@ -115,13 +134,11 @@ class Gateway:
         self.metrics.jwks_refreshed(success, keys)
         self.metrics.worker_ready.set(1 if self.ready else 0)
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        return await self.pipeline.handle(request)
-
-
-def create_proxy_server(gateway: Gateway) -> web.Server:
-    """The proxy port: every method and request target goes to the pipeline, untouched by any router."""
-    return web.Server(gateway.handle, access_log=None, max_field_size=32768, max_line_size=16384)
+    async def _sync_cache_metrics(self) -> None:
+        while True:
+            if self._verifier is not None:
+                self.metrics.token_cache_now(self._verifier.cache_stats)
+            await asyncio.sleep(_CACHE_METRICS_SECONDS)
 
 
 Readiness = Callable[[], tuple[bool, dict[str, object]]]

@@ -9,9 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from multidict import MultiMapping
-
 from scopegate.errors import BadRequest, InvalidToken, MissingOrganization, MissingToken
+from scopegate.request import Headers, query_values
 from scopegate.rules import OrganizationFrom, OrganizationSource
 
 # Identity headers are scopegate's to set; any the client sends are removed on every route, public ones included.
@@ -23,9 +22,9 @@ _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _ORGANIZATION_ID = re.compile(r"[!-~]{1,256}")
 
 
-def bearer_token(headers: MultiMapping[str]) -> str:
+def bearer_token(headers: Headers) -> str:
     """The token of the single `Authorization: Bearer` header; raises MissingToken, BadRequest or InvalidToken."""
-    values = headers.getall("Authorization", [])
+    values = headers.getall("Authorization")
     if not values:
         raise MissingToken("no_authorization_header")
     if len(values) > 1:
@@ -47,16 +46,16 @@ def is_identity_header(name: str) -> bool:
 def organization_id(
     source: OrganizationSource,
     params: Mapping[str, str],
-    headers: MultiMapping[str],
-    query: MultiMapping[str],
+    headers: Headers,
+    query: str,
 ) -> str:
-    """The organization id the request names, from where the route says; raises MissingOrganization."""
+    """The organization id the request names (`query`: the raw query string); raises MissingOrganization."""
     if source.source is OrganizationFrom.PATH:
         values = [params[source.name]] if source.name in params else []
     elif source.source is OrganizationFrom.HEADER:
-        values = headers.getall(source.name, [])
+        values = headers.getall(source.name)
     else:
-        values = query.getall(source.name, [])
+        values = query_values(query, source.name)
     where = f"{source.source.value} {source.name!r}"
     if not values:
         raise MissingOrganization("absent", f"the request carries no organization id ({where})")

@@ -17,6 +17,11 @@ import aiohttp
 from scopegate.errors import JwksFetchError
 
 
+def new_session() -> aiohttp.ClientSession:
+    """The session key fetches go over: no cookies kept, no proxy settings taken from the environment."""
+    return aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+
+
 class HttpJwksFetcher:
     """`FetchJwks` over the app's aiohttp session: OIDC discovery (once) when no jwks_uri is configured, then the JWKS.
 

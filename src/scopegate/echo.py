@@ -75,7 +75,14 @@ async def _describe(request: web.Request) -> dict[str, Any]:
         "headers": _headers(request),
         "body_bytes": length,
         "body_sha256": sha256,
+        "peer": _peer(request),
     }
+
+
+def _peer(request: web.Request) -> str:
+    """Which connection the request came on (host:port of its sender): two requests on one connection share it."""
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
 
 
 async def _digest_body(request: web.Request) -> tuple[int, str]:

@@ -1,4 +1,4 @@
-"""`scopegate explain`: run one request through the same stages as the proxy, without serving anything.
+"""`scopegate explain`: decide one request exactly as the proxy would, without serving anything.
 
 It answers "what would scopegate do with this request?" — which route matches, what that route requires, and the
 decision with its reason — so a rule can be checked before it is deployed. With `--token` the token is verified for
@@ -8,23 +8,23 @@ real (the issuer's JWKS is fetched); with `--claims` the claims are taken as giv
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
-from multidict import CIMultiDict, MultiDict
-from yarl import URL
 
 from scopegate.app import build_verifier
-from scopegate.bearer import organization_id
 from scopegate.config import Config
-from scopegate.errors import RESPONSES, MissingToken, NoRoute, Reason, Rejection
+from scopegate.errors import RESPONSES, MissingToken, Reason
+from scopegate.gate import Credentials, Gate
+from scopegate.jwks import JwksCache
 from scopegate.pipeline import build_router
-from scopegate.policy import Decision, decide
-from scopegate.routing import normalize_path
+from scopegate.policy import Decision
+from scopegate.request import Headers, RequestFacts
 from scopegate.rules import RouteRule, ScopeMode
-from scopegate.tokens import Claims, claims_from_payload
+from scopegate.tokens import Claims, TokenVerifier, claims_from_payload
 
 
 @dataclass
@@ -85,42 +85,72 @@ async def explain(
     token: str | None = None,
     claims: Mapping[str, Any] | None = None,
 ) -> Explanation:
-    """Explain one request; `token` is verified against the issuer's JWKS, `claims` are taken as they are."""
+    """Explain one request; `token` is verified against the issuer's JWKS, `claims` are taken as they are.
+
+    The decision is the server's own (`Gate.decide`); only the request arrives from the command line and the
+    credentials from `--token` or `--claims` instead of the Authorization header.
+    """
     result = Explanation(method=method.upper())
-    try:
-        target = URL(url, encoded=True)
-        result.path = normalize_path(target.raw_path or "/")
-        match = build_router(config).match(result.method, result.path)
-        if match is None:
-            raise NoRoute("no_route")
-        result.route = match.target
-        if match.target.public:
-            result.decision = Decision(Reason.PUBLIC)
-            return result
-        org = _organization(match.target, match.params, headers or {}, target)
-        verified = await _claims(config, token, claims, result)
-        result.decision = decide(match.target, org, verified)
-    except Rejection as exc:
-        result.decision = Decision(exc.reason, exc.detail, exc.description)
+    facts = RequestFacts(result.method, _target(url), Headers.of((headers or {}).items()))
+    async with aiohttp.ClientSession() as session:
+        credentials = _credentials(config, session, token, claims, result)
+        verdict = await Gate(build_router(config), credentials).decide_now(facts)
+    result.path = "" if verdict.reason is Reason.BAD_PATH else verdict.path
+    result.route = verdict.route
+    result.decision = Decision(verdict.reason, verdict.detail, verdict.description)
     return result
 
 
-def _organization(route: RouteRule, params: Mapping[str, str], headers: Mapping[str, str], url: URL) -> str | None:
-    if route.organization is None:
-        return None
-    return organization_id(route.organization, params, CIMultiDict(headers), MultiDict(url.query))
+def _target(url: str) -> str:
+    """The request target of a full URL, or a path with query as it is."""
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "") if parts.scheme else url.split("#")[0]
 
 
-async def _claims(config: Config, token: str | None, claims: Mapping[str, Any] | None, result: Explanation) -> Claims:
-    if claims is not None:
-        result.token_note = "claims given with --claims: signature, issuer and expiry NOT checked"
-        return claims_from_payload(claims)
-    if token is None:
+class _GivenClaims:
+    """`--claims`: taken as they are, nothing verified."""
+
+    def __init__(self, payload: Mapping[str, Any], result: Explanation) -> None:
+        self._payload = payload
+        self._result = result
+
+    def claims(self, headers: Headers) -> Claims:
+        self._result.token_note = "claims given with --claims: signature, issuer and expiry NOT checked"
+        return claims_from_payload(self._payload)
+
+
+class _GivenToken:
+    """`--token`: verified for real, against the issuer's JWKS fetched now."""
+
+    def __init__(self, keys: JwksCache, verifier: TokenVerifier, token: str, result: Explanation) -> None:
+        self._keys, self._verifier, self._token, self._result = keys, verifier, token, result
+
+    def claims(self, headers: Headers) -> Awaitable[Claims]:
+        self._result.token_note = "verifying against the issuer's JWKS"
+        return self._verified()
+
+    async def _verified(self) -> Claims:
+        await self._keys.refresh()
+        verified = await self._verifier.verify(self._token)
+        self._result.token_note = "signature verified against the issuer's JWKS"
+        return verified
+
+
+class _NoToken:
+    def claims(self, headers: Headers) -> Claims:
         raise MissingToken("no_token", "no token given (use --token JWT or --claims JSON)")
-    result.token_note = "verifying against the issuer's JWKS"
-    async with aiohttp.ClientSession() as session:
-        keys, verifier = build_verifier(config.auth, session)
-        await keys.refresh()
-        verified = await verifier.verify(token)
-    result.token_note = "signature verified against the issuer's JWKS"
-    return verified
+
+
+def _credentials(
+    config: Config,
+    session: aiohttp.ClientSession,
+    token: str | None,
+    claims: Mapping[str, Any] | None,
+    result: Explanation,
+) -> Credentials:
+    if claims is not None:
+        return _GivenClaims(claims, result)
+    if token is None:
+        return _NoToken()
+    keys, verifier = build_verifier(config.auth, session)
+    return _GivenToken(keys, verifier, token, result)

@@ -1,56 +1,38 @@
-"""The request handler: the stages in order, one decision log line and one metrics record per request.
+"""The proxy port's front door: a request from `http1`, decided by the `Gate`, then forwarded or rejected.
 
-    normalize path -> match route -> (public: forward) -> organization id -> bearer token -> verify -> decide
-                   -> forward or reject
+    http1 (framing) -> Gate.decide (the decision) -> Exchange (forward) | rejection -> one log line, one metrics record
 
-Every stage either returns or raises a `Rejection`; `Pipeline.handle` turns the outcome into a response, a log line
-and a metric in one place. The rules in force are read once at the start of a request, so a reload never changes the
-rules a request started with.
+Everything about a request's outcome is written in one place, `_observe`, exactly once per request: the decision
+log line and the metrics record. The rules in force are read once when a request starts, so a reload never changes
+the rules a request started with.
 """
 
 from __future__ import annotations
 
-import re
+import asyncio
 import time
-import uuid
-from collections.abc import Mapping
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from typing import Any
 
-import aiohttp
 import structlog
-from aiohttp import web
 
-from scopegate.bearer import bearer_token, organization_id
 from scopegate.config import Config
-from scopegate.errors import BadPath, NoRoute, Reason, Rejection
-from scopegate.observability import Metrics
-from scopegate.policy import Decision, decide
-from scopegate.proxy import BROKEN_BY_CLIENT, BROKEN_BY_UPSTREAM, Forward, Forwarded, Upstream, wants_websocket
-from scopegate.responses import rejection
-from scopegate.routing import RouteMatch, Router, normalize_path
-from scopegate.rules import Mode, RouteRule
-from scopegate.tokens import Claims, TokenVerifier
+from scopegate.errors import BadRequest, Reason
+from scopegate.gate import Credentials, Gate, Verdict, request_id
+from scopegate.http1 import ClientConnection, IncomingRequest, encode_response
+from scopegate.observability import Metrics, bound_logger
+from scopegate.proxy import BROKEN_BY_CLIENT, BROKEN_BY_UPSTREAM, Exchange
+from scopegate.request import Headers
+from scopegate.responses import RejectionResponse, rejection
+from scopegate.routing import Router
+from scopegate.rules import RouteRule
+from scopegate.upstream import UpstreamPool
 
-# Denials that audit mode forwards anyway. A hostile path, an ambiguous request or missing signing keys are never
-# forwarded: audit relaxes the rules, not the proxy's own safety.
-AUDITABLE = frozenset(
-    {
-        Reason.MISSING_TOKEN,
-        Reason.INVALID_TOKEN,
-        Reason.WRONG_AUDIENCE,
-        Reason.WRONG_ORGANIZATION,
-        Reason.ORGANIZATION_TOKEN,
-        Reason.INSUFFICIENT_SCOPE,
-        Reason.CLAIM_MISMATCH,
-        Reason.MISSING_ORGANIZATION,
-    }
-)
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_HEADER_SAFE = re.compile(r"[ -~]*")
 _LOGGED_PATH_MAX = 512
+_CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the response
 
-log = structlog.get_logger("scopegate")
+_log = structlog.get_logger("scopegate")
 
 
 def build_router(config: Config) -> Router[RouteRule]:
@@ -59,196 +41,171 @@ def build_router(config: Config) -> Router[RouteRule]:
 
 @dataclass(frozen=True, slots=True)
 class Ruleset:
-    """A config with its compiled router and upstream: what a reload swaps in as one unit."""
+    """A config with its compiled decision and its upstream: what a reload swaps in as one unit."""
 
     config: Config
     router: Router[RouteRule]
-    upstream: Upstream
+    gate: Gate
+    pool: UpstreamPool
 
     @classmethod
-    def build(cls, config: Config, session: aiohttp.ClientSession) -> Ruleset:
-        upstream = Upstream(session, config.upstream, config.upstream_timeout_seconds)
-        return cls(config, build_router(config), upstream)
+    def build(cls, config: Config, credentials: Credentials) -> Ruleset:
+        router = build_router(config)
+        return cls(config, router, Gate(router, credentials), UpstreamPool(config.upstream))
 
-
-@dataclass(slots=True)
-class Record:
-    """What the decision log and metrics say about one request, filled in as the stages run."""
-
-    method: str
-    path: str
-    request_id: str
-    route: str = ""
-    decision: str = "deny"
-    reason: Reason = Reason.OK
-    detail: str = ""
-    status: int = 0
-    sub: str | None = None
-    client_id: str | None = None
-    organization_id: str | None = None
-    upstream_seconds: float | None = None
+    def retire(self) -> None:
+        """Replaced by a reload: idle upstream connections close now, busy ones when their exchange ends."""
+        self.pool.close()
 
 
 class Pipeline:
-    def __init__(self, *, rules: Ruleset, verifier: TokenVerifier, metrics: Metrics) -> None:
+    """`http1.RequestHandler` for the proxy port."""
+
+    def __init__(self, *, rules: Ruleset, metrics: Metrics) -> None:
         self.rules = rules  # replaced whole on reload; each request reads it once
-        self._verifier = verifier
         self._metrics = metrics
+        self._pending: set[asyncio.Task[Verdict]] = set()  # verifications under way (tasks are weakly held)
+        self.relog()
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    def relog(self) -> None:
+        """Bind the decision logger to the logging configuration in force (called after each reconfiguration)."""
+        self._log = bound_logger()
+
+    # --- http1.RequestHandler ----------------------------------------------------------------------------------
+
+    def handle(self, connection: ClientConnection, request: IncomingRequest) -> None:
         started = time.perf_counter()
-        record = Record(request.method, "", _request_id(request))
+        rules = self.rules
         self._metrics.inflight.inc()
-        response: web.StreamResponse | None = None
-        try:
-            response = await self._process(request, self.rules, record)
-            return response
-        finally:
-            self._metrics.inflight.dec()
-            record.status = response.status if response is not None else 499  # 499: the client went away
-            self._observe(record, time.perf_counter() - started)
-
-    async def _process(self, request: web.BaseRequest, rules: Ruleset, record: Record) -> web.StreamResponse:
-        route: RouteRule | None = None
-        try:
-            record.path = _loggable(request.raw_path)  # replaced by the normalized path once it is known
-            record.path, query = _split_target(request)
-            match = rules.router.match(request.method, record.path)
-            if match is None:
-                raise NoRoute("no_route")
-            route = match.target
-            record.route = route.name
-            if route.public:
-                record.decision, record.reason = "allow", Reason.PUBLIC
-                return await self._forward(request, rules.upstream, record, query, {"X-Auth-Route": route.name})
-            return await self._protected(request, rules.upstream, match, record, query)
-        except Rejection as exc:
-            record.reason, record.detail = exc.reason, exc.detail
-            scopes = route.scopes.scopes if route is not None else ()
-            return _with_request_id(
-                rejection(exc.reason, exc.description, required_scopes=scopes, status=exc.status), record
-            )
-
-    async def _protected(
-        self, request: web.BaseRequest, upstream: Upstream, match: RouteMatch[RouteRule], record: Record, query: str
-    ) -> web.StreamResponse:
-        route = match.target
-        claims, decision = await self._authorize(request, route, match, record)
-        record.reason, record.detail = decision.reason, decision.detail
-        if decision.allowed:
-            record.decision = "allow"
-        elif route.mode is Mode.AUDIT and decision.reason in AUDITABLE:
-            record.decision = "audit_deny"
+        decided = rules.gate.decide(request.facts, request_id(request.facts.headers))
+        if isinstance(decided, Verdict):
+            self._act(connection, request, decided, rules, started)
         else:
-            response = rejection(decision.reason, decision.description, required_scopes=route.scopes.scopes)
-            return _with_request_id(response, record)
-        identity = _identity(route, claims, record.organization_id) if claims else {"X-Auth-Route": route.name}
-        return await self._forward(request, upstream, record, query, identity)
+            self._verify_then_act(decided, connection, request, rules, started)
 
-    async def _authorize(
-        self, request: web.BaseRequest, route: RouteRule, match: RouteMatch[RouteRule], record: Record
-    ) -> tuple[Claims | None, Decision]:
-        """The verified claims (when the token verified) and the decision; hard failures propagate."""
-        claims: Claims | None = None
-        try:
-            if route.organization is not None:
-                record.organization_id = organization_id(
-                    route.organization, match.params, request.headers, request.rel_url.query
-                )
-            claims = await self._verifier.verify(bearer_token(request.headers))
-        except Rejection as exc:
-            if exc.reason not in AUDITABLE:
-                raise
-            return claims, Decision(exc.reason, exc.detail, exc.description)
-        record.sub, record.client_id = claims.subject, claims.client_id
-        if record.organization_id is None:
-            record.organization_id = claims.organization_id
-        decision = decide(route, record.organization_id if route.organization else None, claims)
-        return claims, decision
+    def refuse(self, connection: ClientConnection, error: BadRequest, method: str) -> None:
+        """A request whose framing is broken: answered, logged and counted like any refusal, then closed."""
+        started = time.perf_counter()
+        verdict = Verdict(request_id(Headers()), method).refuse(
+            error.reason, error.detail, error.description, error.status
+        )
+        self._send_rejection(connection, verdict, version="1.1", keep_alive=False, head_only=method == "HEAD")
+        self._observe(verdict, verdict.status, started, None, counted_inflight=False)
 
-    async def _forward(
+    # --- the request's way through -----------------------------------------------------------------------------
+
+    def _verify_then_act(
         self,
-        request: web.BaseRequest,
-        upstream: Upstream,
-        record: Record,
-        query: str,
-        identity: Mapping[str, str],
-    ) -> web.StreamResponse:
-        """Upstream failures raise out to `_process`; the record keeps the policy's decision with their reason."""
-        forward = Forward(path=record.path, query=query, identity=identity, request_id=record.request_id)
-        if wants_websocket(request):
-            result: Forwarded = await upstream.forward_websocket(request, forward)
-        else:
-            result = await upstream.forward(request, forward)
-        record.upstream_seconds = result.upstream_seconds
-        if result.broken_by == BROKEN_BY_UPSTREAM:
-            record.reason, record.detail = Reason.UPSTREAM_ERROR, "upstream_broke_off_mid_body"
-        elif result.broken_by == BROKEN_BY_CLIENT:
-            record.detail = "client_closed_mid_body"
-        return result.response
+        pending: Coroutine[Any, Any, Verdict],
+        connection: ClientConnection,
+        request: IncomingRequest,
+        rules: Ruleset,
+        started: float,
+    ) -> None:
+        task = asyncio.ensure_future(pending)
+        self._pending.add(task)
 
-    def _observe(self, record: Record, seconds: float) -> None:
-        m = self._metrics
-        m.requests.labels(record.route, record.decision, record.reason.value).inc()
-        m.request_duration.labels(record.route).observe(seconds)
-        if record.upstream_seconds is not None:
-            m.upstream_duration.labels(record.route).observe(record.upstream_seconds)
-        log.info(
+        def decided(finished: asyncio.Task[Verdict]) -> None:
+            self._pending.discard(finished)
+            if finished.cancelled() or finished.exception() is not None:
+                self._broke(connection, finished)
+                return
+            verdict = finished.result()
+            if connection.closed:
+                self._observe(verdict, _CLIENT_GONE, started, None)
+            else:
+                self._act(connection, request, verdict, rules, started)
+
+        task.add_done_callback(decided)
+
+    def _broke(self, connection: ClientConnection, task: asyncio.Task[Verdict]) -> None:
+        """A verification cancelled (shutdown) or failed unexpectedly: nothing safe can be said, so cut."""
+        self._metrics.inflight.dec()
+        if not task.cancelled():
+            _log.error("verification_failed", exc_info=task.exception())
+        connection.cut()
+
+    def _act(
+        self, connection: ClientConnection, request: IncomingRequest, verdict: Verdict, rules: Ruleset, started: float
+    ) -> None:
+        if not verdict.forward:
+            keep_alive = connection.reusable_after(request) and request.complete
+            self._send_rejection(
+                connection, verdict, version=request.version, keep_alive=keep_alive, head_only=request.method == "HEAD"
+            )
+            self._observe(verdict, verdict.status, started, None)
+            connection.finish(request, keep_alive=keep_alive)
+            return
+        timeout = rules.config.upstream_timeout_seconds
+        Exchange(connection, request, verdict, rules.pool, timeout, lambda done: self._forwarded(done, started)).start()
+
+    def _forwarded(self, exchange: Exchange, started: float) -> None:
+        """The exchange is over: answer a failure before the response, log, then let the connection move on."""
+        verdict, connection, request = exchange.verdict, exchange.client, exchange.request
+        failure = exchange.failure
+        keep_alive = exchange.keep_alive
+        status = exchange.status
+        if failure is not None:
+            verdict.reason, verdict.detail, status = failure.reason, failure.detail, failure.status
+            keep_alive = connection.reusable_after(request) and request.complete
+            if not connection.closed:
+                shape = rejection(failure.reason, failure.description, status=failure.status)
+                connection.write(_encode(shape, verdict, request.version, keep_alive, request.method == "HEAD"))
+            else:
+                status = _CLIENT_GONE
+        elif exchange.broken_by == BROKEN_BY_UPSTREAM:
+            verdict.reason, verdict.detail = Reason.UPSTREAM_ERROR, "upstream_broke_off_mid_body"
+        elif exchange.broken_by == BROKEN_BY_CLIENT:
+            verdict.detail = "client_closed_mid_body"
+            status = status or _CLIENT_GONE
+        self._observe(verdict, status, started, exchange.upstream_seconds)
+        connection.finish(request, keep_alive=keep_alive and not exchange.broken_by)
+
+    def _send_rejection(
+        self, connection: ClientConnection, verdict: Verdict, *, version: str, keep_alive: bool, head_only: bool
+    ) -> None:
+        shape = rejection(
+            verdict.reason, verdict.description, required_scopes=verdict.required_scopes, status=verdict.status
+        )
+        connection.write(_encode(shape, verdict, version, keep_alive, head_only))
+
+    def _observe(
+        self,
+        verdict: Verdict,
+        status: int,
+        started: float,
+        upstream_seconds: float | None,
+        *,
+        counted_inflight: bool = True,
+    ) -> None:
+        seconds = time.perf_counter() - started
+        if counted_inflight:
+            self._metrics.inflight.dec()
+        self._metrics.meter(verdict.route_name).record(verdict.decision, verdict.reason, seconds, upstream_seconds)
+        self._log.info(
             "decision",
-            route=record.route,
-            decision=record.decision,
-            reason=record.reason.value,
-            detail=record.detail,
-            status=record.status,
-            method=record.method,
-            path=record.path[:_LOGGED_PATH_MAX],
-            sub=record.sub,
-            client_id=record.client_id,
-            organization_id=record.organization_id,
+            route=verdict.route_name,
+            decision=verdict.decision,
+            reason=verdict.reason.value,
+            detail=verdict.detail,
+            status=status,
+            method=verdict.method,
+            path=verdict.path[:_LOGGED_PATH_MAX],
+            sub=verdict.sub,
+            client_id=verdict.client_id,
+            organization_id=verdict.organization_id,
             duration_ms=round(seconds * 1000, 3),
-            request_id=record.request_id,
+            request_id=verdict.request_id,
         )
 
-
-def _split_target(request: web.BaseRequest) -> tuple[str, str]:
-    """The normalized path and the raw query of the request target (origin-form or absolute-form)."""
-    target = request.raw_path
-    if not target.startswith("/"):
-        if target.startswith(("http://", "https://")):
-            parts = urlsplit(target)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        else:
-            raise BadPath("not_absolute", "the request target must be an absolute path")
-    raw_path, _, query = target.partition("?")
-    return normalize_path(raw_path), query
+    async def stop(self) -> None:
+        """Cancel verifications still under way (shutdown)."""
+        for task in list(self._pending):
+            task.cancel()
 
 
-def _loggable(raw: str) -> str:
-    """A refused path as it came, bounded and with control characters escaped (it may be hostile)."""
-    return raw[:_LOGGED_PATH_MAX].encode("unicode_escape", "backslashreplace").decode("ascii")
-
-
-def _request_id(request: web.BaseRequest) -> str:
-    incoming = request.headers.get("X-Request-Id", "")
-    return incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-
-
-def _identity(route: RouteRule, claims: Claims, organization: str | None) -> dict[str, str]:
-    headers = {"X-Auth-Route": route.name, "X-Auth-Scopes": _header_value(claims.scope)}
-    if claims.subject is not None:
-        headers["X-Auth-Subject"] = _header_value(claims.subject)
-    if claims.client_id is not None:
-        headers["X-Auth-Client-Id"] = _header_value(claims.client_id)
-    if route.organization is not None and organization is not None:
-        headers["X-Auth-Organization-Id"] = organization
-    return headers
-
-
-def _header_value(value: str) -> str:
-    """Claims are attacker-influenced text: anything outside visible ASCII is percent-encoded, never passed raw."""
-    return value if _HEADER_SAFE.fullmatch(value) else quote(value, safe="".join(map(chr, range(0x20, 0x7F))))
-
-
-def _with_request_id(response: web.StreamResponse, record: Record) -> web.StreamResponse:
-    response.headers["X-Request-Id"] = record.request_id
-    return response
+def _encode(shape: RejectionResponse, verdict: Verdict, version: str, keep_alive: bool, head_only: bool) -> bytes:
+    headers = [*shape.headers.items(), ("X-Request-Id", verdict.request_id)]
+    return encode_response(
+        shape.status, headers, shape.body, keep_alive=keep_alive, version=version, head_only=head_only
+    )

@@ -35,6 +35,10 @@ class Decision:
 
 ALLOW = Decision(Reason.OK)
 
+# The outcomes `decide` reaches only after the audience and organization checks passed (it checks audience and
+# organization first, then scopes, then claims): with these, the organization the request named is the token's.
+ORGANIZATION_CHECKED = frozenset({Reason.OK, Reason.INSUFFICIENT_SCOPE, Reason.CLAIM_MISMATCH})
+
 
 def decide(route: RouteRule, organization_id: str | None, claims: Claims) -> Decision:
     """The decision for a protected route; `organization_id` is the one the request names (None: route has none)."""

@@ -1,264 +1,473 @@
-"""Forward an allowed request to the upstream, streaming both ways, and WebSocket upgrades too.
+"""Forward an allowed request to the upstream and its response back: one `Exchange` per request, callbacks only.
 
-What was authorized is exactly what is forwarded: the normalized path, the raw query, the body byte for byte
-(`auto_decompress=False`, no buffering). Hop-by-hop headers and client-sent identity headers are dropped; scopegate's
-identity headers and `X-Forwarded-*` are added. Failures before the upstream's response headers arrive become
-`UpstreamError` (502) or `UpstreamTimeout` (504); a failure after that can only cut the client's connection, because
-the status line is already on the wire.
+What was authorized is exactly what is forwarded: the normalized path, the raw query, the body byte for byte.
+Hop-by-hop headers (and any the Connection header names) and client-sent identity headers are dropped; scopegate's
+identity headers, `X-Forwarded-*` and `X-Request-Id` are added. Bodies stream both ways with back-pressure: when the
+upstream stops taking the request body, the client's connection stops being read, and when the client stops reading
+the response, the upstream's connection does.
+
+The upstream deadline (`upstream_timeout_seconds`) runs from the start until the response head arrives, restarted
+whenever a piece of the request body moves, so it bounds any one stall of the upstream, not a slow client's upload.
+After the head the body streams without a deadline. A failure before the head is a 502 (`UpstreamError`) or a 504
+(`UpstreamTimeout`) answered by the pipeline; after it, the status line is on the wire, so cutting the client's
+connection is the only way left to tell it.
+
+A WebSocket upgrade is relayed as bytes: the handshake goes upstream as the client sent it (Sec-WebSocket-* headers
+included), and once the upstream answers 101 both connections become one byte tunnel until either side closes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
+from scopegate.bearer import IDENTITY_HEADER_PREFIX
+from scopegate.errors import BadRequest, Rejection, UpstreamError, UpstreamTimeout
+from scopegate.gate import Verdict
+from scopegate.http1 import (
+    CONTINUE,
+    SERVER_LINE,
+    ClientConnection,
+    IncomingRequest,
+    connection_line,
+    date_line,
+    status_line,
+)
+from scopegate.upstream import ResponseFraming, UpstreamConnection, UpstreamPool
 
-from scopegate.bearer import is_identity_header
-from scopegate.errors import UpstreamError, UpstreamTimeout
-from scopegate.responses import SERVER_HEADER
-
-# RFC 9110 section 7.6.1, plus the non-standard Proxy-Connection some clients still send.
-HOP_BY_HOP = frozenset(
+# RFC 9110 section 7.6.1, plus the non-standard Proxy-Connection some clients still send. `expect` is answered by
+# scopegate itself (100 Continue once the request is authorized), `content-length` is re-stated from the framing.
+_REQUEST_DROPPED = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"content-length",
+        b"x-request-id",
+        b"x-forwarded-for",
     }
 )
-# The WebSocket handshake is negotiated separately on each side of the proxy.
-_WS_HANDSHAKE = frozenset(
-    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"}
+_RESPONSE_DROPPED = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    }
 )
-_CHUNK = 64 * 1024
+# `X-Auth-*` in any case, with `_` for `-` too: CGI-style servers read `X_Auth_Sub` as `X-Auth-Sub`.
+_IDENTITY_PREFIXES = frozenset(
+    {
+        IDENTITY_HEADER_PREFIX.encode(),
+        IDENTITY_HEADER_PREFIX.replace("-", "_").encode(),
+        b"x_auth-",
+        b"x-auth_",
+    }
+)
+# Methods whose request may be sent again when a pooled connection turns out to have been closed by the upstream.
+_RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Methods that get `Content-Length: 0` when they carry no body, as many servers want it for them.
+_BODYLESS_LENGTH = frozenset({"POST", "PUT", "PATCH"})
+_NO_BODY_STATUS = frozenset({204, 304})
+
 BROKEN_BY_UPSTREAM = "upstream"
 BROKEN_BY_CLIENT = "client"
 
-
-@dataclass(frozen=True, slots=True)
-class Forward:
-    """What to send upstream for one allowed request."""
-
-    path: str  # normalized: exactly what was authorized
-    query: str  # raw, as the client sent it
-    identity: Mapping[str, str]  # scopegate's X-Auth-* headers
-    request_id: str
+_BODY_NONE, _BODY_LENGTH, _BODY_CHUNKED, _BODY_UNTIL_CLOSE = 0, 1, 2, 3
 
 
-@dataclass(slots=True)
-class Forwarded:
-    """How forwarding went, for the decision log and metrics."""
+class Exchange:
+    """One forwarded request: written to an upstream connection, its response relayed to the client."""
 
-    response: web.StreamResponse
-    upstream_seconds: float
-    broken_by: str = ""  # BROKEN_BY_UPSTREAM or BROKEN_BY_CLIENT when the body stopped short
-
-
-def new_session(*, connections: int = 1024) -> aiohttp.ClientSession:
-    """The one keep-alive session shared by all forwarded requests (owned by the app)."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=connections, keepalive_timeout=30),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),  # a shared jar would leak one client's cookies to the next
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),  # forward what the client sent, nothing more
-        trust_env=False,
-        max_line_size=16384,
-        max_field_size=32768,
+    __slots__ = (
+        "_body_mode",
+        "_connecting",
+        "_done",
+        "_early",
+        "_head",
+        "_keep_alive",
+        "_last_progress",
+        "_loop",
+        "_pool",
+        "_retried",
+        "_started",
+        "_timeout",
+        "_timer",
+        "_tunnel",
+        "_upstream",
+        "broken_by",
+        "client",
+        "failure",
+        "finished",
+        "request",
+        "response_started",
+        "status",
+        "upstream_seconds",
+        "verdict",
     )
 
+    def __init__(
+        self,
+        client: ClientConnection,
+        request: IncomingRequest,
+        verdict: Verdict,
+        pool: UpstreamPool,
+        timeout: float,
+        done: Callable[[Exchange], None],
+    ) -> None:
+        self.client = client
+        self.request = request
+        self.verdict = verdict
+        self._pool = pool
+        self._timeout = timeout
+        self._done = done
+        self._loop = asyncio.get_running_loop()
+        self._started = self._last_progress = self._loop.time()
+        self._head = upstream_head(request, verdict, pool, client)
+        self._upstream: UpstreamConnection | None = None
+        self._connecting: asyncio.Task[UpstreamConnection] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._retried = False
+        self._tunnel = False
+        self._early: list[bytes] = []  # client bytes of a WebSocket before the upstream's 101
+        self._keep_alive = False
+        self._body_mode = _BODY_NONE
+        self.status = 0
+        self.upstream_seconds: float | None = None
+        self.response_started = False
+        self.broken_by = ""
+        self.failure: Rejection | None = None  # before any response byte: the pipeline answers with it
+        self.finished = False
 
-def wants_websocket(request: web.BaseRequest) -> bool:
-    return request.headers.get("Upgrade", "").lower() == "websocket" and "upgrade" in _connection_tokens(
-        request.headers
-    )
+    @property
+    def keep_alive(self) -> bool:
+        return self._keep_alive
+
+    def start(self) -> None:
+        self._timer = self._loop.call_at(self._started + self._timeout, self._deadline_passed)
+        connection = self._pool.take_idle()
+        if connection is not None:
+            self._connected(connection)
+        else:
+            self._open()
+
+    # --- connecting ---------------------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        self._connecting = self._loop.create_task(self._pool.open())
+        self._connecting.add_done_callback(self._opened)
+
+    def _opened(self, task: asyncio.Task[UpstreamConnection]) -> None:
+        self._connecting = None
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self._fail_before_response(UpstreamError(type(error).__name__))
+            return
+        connection = task.result()
+        if self.finished:
+            connection.release(reusable=False)
+            return
+        self._connected(connection)
+
+    def _connected(self, connection: UpstreamConnection) -> None:
+        request = self.request
+        self._upstream = connection
+        connection.begin(self, head_only=request.method == "HEAD")
+        connection.write(self._head)
+        if request.framing.expect_continue and not request.complete and not self.response_started:
+            self.client.write(CONTINUE)  # authorized: now the client may send the body
+        if request.consumer is None:
+            request.consume(self)
+        elif self._retried and request.complete:
+            self.body_end()
+
+    # --- the request body (BodyConsumer) -----------------------------------------------------------------------
+
+    def body(self, data: bytes) -> None:
+        upstream = self._upstream
+        if self.finished or upstream is None:
+            return
+        if self.request.framing.websocket:
+            if self._tunnel:
+                upstream.write(data)
+            else:
+                self._early.append(data)
+            return
+        self._last_progress = self._loop.time()
+        if self.request.framing.chunked:
+            upstream.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
+        else:
+            upstream.write(data)
+
+    def body_end(self) -> None:
+        upstream = self._upstream
+        if self.finished or upstream is None:
+            return
+        if self._tunnel:
+            upstream.write_eof()  # the client half-closed the tunnel: pass it on
+            return
+        if self.request.framing.chunked:
+            upstream.write(b"0\r\n\r\n")  # the client's trailers, if any, are not forwarded
+        self._last_progress = self._loop.time()
+
+    def body_broken(self, error: BadRequest | None) -> None:
+        if self.finished:
+            return
+        if error is None:
+            self._client_gone()
+            return
+        if self.response_started:
+            self.client.cut()
+            self._finish(broken_by=BROKEN_BY_CLIENT)
+        else:
+            self._fail_before_response(error)
+
+    def client_paused(self) -> None:
+        if self._upstream is not None:
+            self._upstream.pause_reading()
+
+    def client_resumed(self) -> None:
+        if self._upstream is not None:
+            self._upstream.resume_reading()
+
+    def client_lost(self) -> None:
+        if not self.finished:
+            self._client_gone()
+
+    # --- the response (ResponseConsumer) -----------------------------------------------------------------------
+
+    def upstream_informational(self, status: int, reason: bytes, fields: list[tuple[bytes, bytes, bytes]]) -> None:
+        # 100 Continue is scopegate's to send (it answered the client's Expect); HTTP/1.0 clients know no 1xx.
+        if status == 100 or self.request.version != "1.1" or self.finished:
+            return
+        self.client.write(b"".join([status_line(status, reason), *_kept_response_fields(fields), b"\r\n"]))
+
+    def upstream_head(
+        self, status: int, reason: bytes, fields: list[tuple[bytes, bytes, bytes]], framing: ResponseFraming
+    ) -> None:
+        if self.finished:
+            return
+        self._got_head(status)
+        request, client = self.request, self.client
+        keep_alive = client.reusable_after(request) and request.complete
+        if self.request.method == "HEAD" or status in _NO_BODY_STATUS:
+            mode, framing_line = _BODY_NONE, _declared_length(framing)
+        elif framing.content_length is not None:
+            mode, framing_line = _BODY_LENGTH, b"Content-Length: %d\r\n" % framing.content_length
+        elif request.version == "1.1":
+            mode, framing_line = _BODY_CHUNKED, b"Transfer-Encoding: chunked\r\n"
+        else:
+            mode, framing_line, keep_alive = _BODY_UNTIL_CLOSE, b"", False  # HTTP/1.0 knows no chunked coding
+        self._body_mode, self._keep_alive = mode, keep_alive
+        parts = [status_line(status, reason), *_kept_response_fields(fields)]
+        parts.append(framing_line)
+        parts.append(connection_line(keep_alive, request.version))
+        parts.append(b"\r\n")
+        client.write(b"".join(parts))
+
+    def upstream_body(self, data: bytes) -> None:
+        if self.finished:
+            return
+        if self._body_mode == _BODY_CHUNKED:
+            self.client.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
+        else:
+            self.client.write(data)
+
+    def upstream_end(self) -> None:
+        if self.finished:
+            return
+        if self._tunnel:
+            self.client.cut()
+            self._finish()
+            return
+        if self._body_mode == _BODY_CHUNKED:
+            self.client.write(b"0\r\n\r\n")
+        self._finish()
+
+    def upstream_upgraded(self, reason: bytes, fields: list[tuple[bytes, bytes, bytes]], rest: bytes) -> None:
+        upstream = self._upstream
+        if self.finished or upstream is None:
+            return
+        if not self.request.framing.websocket:
+            self._fail_before_response(UpstreamError("unexpected_upgrade"))
+            return
+        self._got_head(101)
+        self._tunnel = True
+        upstream.start_tunnel()
+        kept = [b"%s: %s\r\n" % (name, value) for lower, name, value in fields if lower not in _TUNNEL_DROPPED]
+        self.client.write(b"".join([status_line(101, reason), *kept, b"\r\n", rest]))
+        early, self._early = self._early, []
+        for data in early:
+            upstream.write(data)
+
+    def upstream_failed(self, why: str) -> None:
+        if self.finished:
+            return
+        if self.response_started:
+            self.client.cut()  # the status line is out: a short body is all the client can be told
+            self._finish(broken_by=BROKEN_BY_UPSTREAM)
+        elif self._may_retry():
+            self._retried = True
+            self._upstream = None
+            self._open()
+        else:
+            self._fail_before_response(UpstreamError(why))
+
+    def upstream_paused(self) -> None:
+        self.client.pause_reading()
+
+    def upstream_resumed(self) -> None:
+        self._last_progress = self._loop.time()
+        self.client.resume_reading()
+
+    # --- endings -----------------------------------------------------------------------------------------------
+
+    def _got_head(self, status: int) -> None:
+        self.status = status
+        self.response_started = True
+        self.upstream_seconds = self._loop.time() - self._started
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        if self.finished or self.response_started:
+            return
+        due = self._last_progress + self._timeout
+        if due > self._loop.time():
+            self._timer = self._loop.call_at(due, self._deadline_passed)  # the body moved since: wait on
+            return
+        self._fail_before_response(UpstreamTimeout("header_deadline"))
+
+    def _may_retry(self) -> bool:
+        """A reused connection that fails before any response may have been closed by the upstream just as the
+        request went out; sending it again is safe only when it is idempotent and carried no body."""
+        upstream = self._upstream
+        return (
+            not self._retried
+            and upstream is not None
+            and upstream.served > 0
+            and self.request.method in _RETRYABLE
+            and not self.request.framing.has_body
+            and not self.request.framing.websocket
+        )
+
+    def _client_gone(self) -> None:
+        self._finish(broken_by=BROKEN_BY_CLIENT)
+
+    def _fail_before_response(self, failure: Rejection) -> None:
+        self.failure = failure
+        self._finish()
+
+    def _finish(self, *, broken_by: str = "") -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.broken_by = broken_by
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            clean = not broken_by and self.failure is None and not self._tunnel and self.request.complete
+            upstream.release(reusable=clean)
+        self._done(self)
 
 
-class Upstream:
-    """The upstream service: base URL, header deadline, and the shared client session."""
-
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, timeout_seconds: float) -> None:
-        self._session = session
-        self._base = base_url.rstrip("/")
-        self._ws_base = "ws" + self._base[4:] if self._base.startswith("http") else self._base
-        self._timeout = timeout_seconds
-
-    async def forward(self, request: web.BaseRequest, forward: Forward) -> Forwarded:
-        started = time.perf_counter()
-        upstream = await self._open(request, forward)
-        seconds = time.perf_counter() - started
-        try:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            _copy_response_headers(upstream.headers, response)
-            await response.prepare(request)
-            broken_by = await _pump_body(upstream, response, request)
-        finally:
-            upstream.release()
-        return Forwarded(response, seconds, broken_by)
-
-    async def _open(self, request: web.BaseRequest, forward: Forward) -> aiohttp.ClientResponse:
-        url = _target(self._base, forward)
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self._timeout) as deadline:
-
-                def progressed() -> None:
-                    deadline.reschedule(loop.time() + self._timeout)
-
-                body = _streamed(request.content, progressed) if request.body_exists else None
-                return await self._session.request(
-                    request.method,
-                    url,
-                    headers=upstream_headers(request, forward),
-                    data=body,
-                    allow_redirects=False,
-                )
-        except TimeoutError as exc:
-            raise UpstreamTimeout("header_deadline") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(type(exc).__name__) from exc
-
-    async def forward_websocket(self, request: web.BaseRequest, forward: Forward) -> Forwarded:
-        started = time.perf_counter()
-        url = _target(self._ws_base, forward)
-        headers = upstream_headers(request, forward, drop=_WS_HANDSHAKE)
-        offered = _offered_protocols(request.headers)
-        try:
-            async with asyncio.timeout(self._timeout):
-                upstream = await self._session.ws_connect(url, headers=headers, protocols=offered, autoping=True)
-        except TimeoutError as exc:
-            raise UpstreamTimeout("websocket_handshake") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(type(exc).__name__) from exc
-        seconds = time.perf_counter() - started
-        client = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else ())
-        await client.prepare(request)
-        await _relay_websocket(client, upstream)
-        return Forwarded(client, seconds)
+_TUNNEL_DROPPED = frozenset({b"content-length", b"transfer-encoding", b"keep-alive", b"proxy-connection"})
 
 
-def _target(base: str, forward: Forward) -> URL:
-    """The upstream URL: its base, then the authorized path and the client's raw query, re-encoded by nobody."""
-    return URL(base + forward.path + (f"?{forward.query}" if forward.query else ""), encoded=True)
-
-
-def upstream_headers(
-    request: web.BaseRequest, forward: Forward, *, drop: frozenset[str] = frozenset()
-) -> CIMultiDict[str]:
-    """The client's end-to-end headers, minus identity headers, plus X-Forwarded-*, X-Request-Id and identity."""
-    skip = HOP_BY_HOP | drop | _connection_tokens(request.headers)
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in request.headers.items():
-        lower = name.lower()
-        if lower in skip or is_identity_header(lower) or lower in ("x-request-id", "x-forwarded-for"):
+def _kept_response_fields(fields: list[tuple[bytes, bytes, bytes]]) -> list[bytes]:
+    """The upstream's end-to-end header fields, plus Server and Date when it sent none."""
+    listed = _listed_in_connection(fields)
+    kept = []
+    server = date = False
+    for lower, name, value in fields:
+        if lower in _RESPONSE_DROPPED or lower in listed:
             continue
-        headers.add(name, value)
-    peer = request.remote or ""
-    earlier = ", ".join(request.headers.getall("X-Forwarded-For", []))
-    headers["X-Forwarded-For"] = f"{earlier}, {peer}" if earlier else peer
+        if lower == b"server":
+            server = True
+        elif lower == b"date":
+            date = True
+        kept.append(b"%s: %s\r\n" % (name, value))
+    if not server:
+        kept.append(SERVER_LINE)
+    if not date:
+        kept.append(date_line())
+    return kept
+
+
+def _listed_in_connection(fields: list[tuple[bytes, bytes, bytes]]) -> frozenset[bytes]:
+    """Header names the Connection header lists: hop-by-hop for this message too (RFC 9110 section 7.6.1)."""
+    tokens: set[bytes] = set()
+    for lower, _, value in fields:
+        if lower == b"connection":
+            tokens.update(token.strip().lower() for token in value.split(b","))
+    return frozenset(tokens)
+
+
+def _declared_length(framing: ResponseFraming) -> bytes:
+    """A HEAD or 304 response may state the length the body would have: pass that on."""
+    length = framing.content_length
+    return b"" if length is None else b"Content-Length: %d\r\n" % length
+
+
+def upstream_head(request: IncomingRequest, verdict: Verdict, pool: UpstreamPool, client: ClientConnection) -> bytes:
+    """The request head sent upstream: the client's end-to-end fields, then X-Forwarded-*, X-Request-Id, identity."""
+    framing = request.framing
+    target = pool.base_path + verdict.path + ("?" + verdict.query if verdict.query else "")
+    parts = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), target.encode("latin-1"))]
+    forwarded_for: list[bytes] = []
+    host = proto = forwarded_host = b""
+    listed = framing.connection_tokens
+    for lower, name, value in request.facts.headers.fields():
+        if lower in _REQUEST_DROPPED or lower in listed or lower[:7] in _IDENTITY_PREFIXES:
+            if lower == b"x-forwarded-for":
+                forwarded_for.append(value)
+            continue
+        if lower == b"host":
+            host = value
+        elif lower == b"x-forwarded-proto":
+            proto = value
+        elif lower == b"x-forwarded-host":
+            forwarded_host = value
+        parts.append(b"%s: %s\r\n" % (name, value))
+    if not host:
+        parts.append(b"Host: %s\r\n" % pool.authority.encode("ascii"))
+    peer = client.peer.encode("ascii")
+    parts.append(b"X-Forwarded-For: %s\r\n" % (b", ".join([*forwarded_for, peer])))
     # Behind an Ingress that terminated TLS these already say https and the public host: keep them.
-    headers.setdefault("X-Forwarded-Proto", request.scheme)
-    headers.setdefault("X-Forwarded-Host", request.host)
-    headers["X-Request-Id"] = forward.request_id
-    headers.update(forward.identity)
-    return headers
-
-
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    """Header names listed in Connection are hop-by-hop for this message too (RFC 9110 section 7.6.1)."""
-    return frozenset(token.strip().lower() for value in headers.getall("Connection", []) for token in value.split(","))
-
-
-def _copy_response_headers(source: CIMultiDictProxy[str], response: web.StreamResponse) -> None:
-    skip = HOP_BY_HOP | _connection_tokens(source)
-    for name, value in source.items():
-        if name.lower() not in skip:
-            response.headers.add(name, value)
-    response.headers.setdefault("Server", SERVER_HEADER)  # the upstream's own, when it sent one
-
-
-async def _pump_body(upstream: aiohttp.ClientResponse, response: web.StreamResponse, request: web.BaseRequest) -> str:
-    """Stream the upstream body to the client; returns who broke off midway ("upstream", "client") or ""."""
-    chunks = upstream.content.iter_chunked(_CHUNK)
-    while True:
-        try:
-            chunk = await anext(chunks)
-        except StopAsyncIteration:
-            break
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            # The status line is sent; cutting the connection is the only way left to tell the client.
-            if request.transport is not None:
-                request.transport.close()
-            return BROKEN_BY_UPSTREAM
-        try:
-            await response.write(chunk)
-        except ConnectionError:  # aiohttp raises ClientConnectionResetError, a ConnectionResetError
-            return BROKEN_BY_CLIENT
-    try:
-        await response.write_eof()
-    except (ConnectionError, aiohttp.ClientConnectionResetError):
-        return BROKEN_BY_CLIENT
-    return ""
-
-
-async def _streamed(content: aiohttp.StreamReader, progressed: Callable[[], None]) -> AsyncIterator[bytes]:
-    """The request body, chunk by chunk, restarting the upstream deadline whenever a chunk moves.
-
-    The deadline is meant for the upstream, not for the client's uplink: a large upload over a slow link must not
-    become a 504. It still bounds any single stall, and once the body is sent it runs in full for the response.
-    """
-    async for chunk in content.iter_chunked(_CHUNK):
-        progressed()  # read from the client
-        yield chunk
-        progressed()  # taken by the upstream
-    progressed()
-
-
-def _offered_protocols(headers: CIMultiDictProxy[str]) -> tuple[str, ...]:
-    return tuple(
-        proto.strip()
-        for value in headers.getall("Sec-WebSocket-Protocol", [])
-        for proto in value.split(",")
-        if proto.strip()
-    )
-
-
-async def _relay_websocket(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
-    """Copy messages both ways until either side closes, then close the other with the same code."""
-
-    async def client_to_upstream() -> None:
-        async for message in client:
-            await _send(upstream, message)
-        await upstream.close(code=client.close_code or aiohttp.WSCloseCode.OK)
-
-    async def upstream_to_client() -> None:
-        async for message in upstream:
-            await _send(client, message)
-        await client.close(code=upstream.close_code or aiohttp.WSCloseCode.OK)
-
-    tasks = [asyncio.create_task(client_to_upstream()), asyncio.create_task(upstream_to_client())]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await upstream.close()
-        await client.close()
-
-
-async def _send(target: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, message: aiohttp.WSMessage) -> None:
-    if message.type is aiohttp.WSMsgType.TEXT:
-        await target.send_str(message.data)
-    elif message.type is aiohttp.WSMsgType.BINARY:
-        await target.send_bytes(message.data)
+    if not proto:
+        parts.append(b"X-Forwarded-Proto: http\r\n")
+    if not forwarded_host:
+        parts.append(b"X-Forwarded-Host: %s\r\n" % (host or client.local.encode("ascii")))
+    parts.append(b"X-Request-Id: %s\r\n" % verdict.request_id.encode("ascii"))
+    parts.extend(f"{name}: {value}\r\n".encode("latin-1") for name, value in verdict.identity)
+    if framing.websocket:
+        parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
+    elif framing.chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif framing.content_length is not None:
+        parts.append(b"Content-Length: %d\r\n" % framing.content_length)
+    elif request.method in _BODYLESS_LENGTH:
+        parts.append(b"Content-Length: 0\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)

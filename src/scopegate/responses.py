@@ -1,16 +1,32 @@
-"""Rejections on the wire: the JSON body and RFC 6750 challenge for a reason, built from `errors.RESPONSES`."""
+"""Rejections: the JSON body and RFC 6750 challenge for a reason, built from `errors.RESPONSES`.
+
+What is built here is the rejection itself, independent of the wire: the HTTP/1.1 front door encodes it
+(`http1.encode_response`), and any other front door would encode the same status, headers and body.
+"""
 
 from __future__ import annotations
 
 import json
-
-from aiohttp import web
+from dataclasses import dataclass, field
 
 from scopegate.errors import RESPONSES, RETRY_AFTER_SECONDS, Challenge, Reason
 
 REALM = "scopegate"
-# aiohttp would announce "Python/3.x aiohttp/3.y": version details for exactly the clients being refused.
+# Servers like aiohttp announce "Python/3.x aiohttp/3.y": version details for exactly the clients being refused.
 SERVER_HEADER = "scopegate"
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionResponse:
+    """A refusal as status, headers and a JSON body."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers["Content-Type"]
 
 
 def rejection(
@@ -19,22 +35,18 @@ def rejection(
     *,
     required_scopes: tuple[str, ...] = (),
     status: int | None = None,
-) -> web.Response:
+) -> RejectionResponse:
     """The response for a refused request: `{"error", "error_description"}` plus the reason's challenge."""
     shape = RESPONSES[reason]
     text = _quotable(description or shape.description)
-    response = web.Response(
-        status=status or shape.status,
-        body=json.dumps({"error": shape.error, "error_description": text}).encode(),
-        content_type="application/json",
-        headers={"Server": SERVER_HEADER},
-    )
+    headers = {"Content-Type": "application/json"}
     challenge = _challenge(shape.challenge, text, required_scopes)
     if challenge:
-        response.headers["WWW-Authenticate"] = challenge
+        headers["WWW-Authenticate"] = challenge
     if reason is Reason.JWKS_UNAVAILABLE:
-        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    return response
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    body = json.dumps({"error": shape.error, "error_description": text}).encode()
+    return RejectionResponse(status or shape.status, body, headers)
 
 
 def _challenge(kind: Challenge, description: str, scopes: tuple[str, ...]) -> str:

@@ -19,9 +19,10 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from scopegate.app import Gateway, create_admin_app, create_proxy_server
+from scopegate.app import Gateway, create_admin_app
 from scopegate.config import Config, HostPort, load_config
 from scopegate.errors import ConfigError
+from scopegate.http1 import Http1Server
 from scopegate.observability import Metrics, configure_logging
 
 log = structlog.get_logger("scopegate")
@@ -48,6 +49,7 @@ class Server:
         self._admin = admin
         self._reuse_port = reuse_port
         self._runners: list[web.BaseRunner] = []  # made in start(), inside the event loop
+        self._proxy: Http1Server | None = None
         self.bound: dict[str, HostPort] = {}
         # The content last tried, loaded or not: SIGHUP and the watcher both reload, and neither repeats the other.
         self.attempted_digest = config_digest(config.source)
@@ -61,10 +63,10 @@ class Server:
             self._runners.append(admin)
             await admin.setup()
             self.bound["admin"] = await _bind(admin, config.admin_listen)
-        proxy = web.ServerRunner(create_proxy_server(self.gateway), shutdown_timeout=config.shutdown_grace_seconds)
-        self._runners.append(proxy)
-        await proxy.setup()
-        self.bound["proxy"] = await _bind(proxy, config.listen, reuse_port=self._reuse_port)
+        self._proxy = Http1Server(self.gateway.pipeline, config.limits)
+        where = config.listen
+        port = await self._proxy.listen(where.host, where.port, reuse_port=self._reuse_port)
+        self.bound["proxy"] = HostPort(host=where.host, port=port)
         self.gateway.metrics.config_loaded(self.attempted_digest)
         log.info(
             "started",
@@ -79,8 +81,13 @@ class Server:
     async def drain(self) -> None:
         """Readiness 503 first, then stop accepting and let in-flight requests finish within the grace period."""
         self.gateway.start_draining()
-        log.info("draining", grace_seconds=self.gateway.config.shutdown_grace_seconds)
-        for runner in reversed(self._runners):  # the proxy drains while the admin port still answers 503
+        grace = self.gateway.config.shutdown_grace_seconds
+        log.info("draining", grace_seconds=grace)
+        if self._proxy is not None:
+            cut = await self._proxy.drain(grace)
+            if cut:
+                log.warning("drain_cut", connections=len(cut), grace_seconds=grace)
+        for runner in self._runners:  # the admin port answered 503 while the proxy drained
             await runner.cleanup()
         await self.gateway.stop()
         log.info("stopped")
@@ -100,6 +107,9 @@ class Server:
             return False
         kept = self.gateway.use_config(config)
         configure_logging(config.log_level)
+        self.gateway.pipeline.relog()
+        if self._proxy is not None:
+            self._proxy.limits = config.limits  # for connections from now on
         metrics.config_reloads.labels("success").inc()
         metrics.config_loaded(self.attempted_digest)
         log.info("config_reloaded", file=str(source), routes=len(config.routes))

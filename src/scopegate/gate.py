@@ -1,0 +1,241 @@
+"""The one decision: what a request says in, a `Verdict` out, through the stages in their one order.
+
+    normalize path -> match route -> (public: allow) -> organization id -> credentials -> policy -> audit mode
+
+Every front door decides through `Gate.decide`: the proxy port, `scopegate explain`, and whatever comes next (a
+decision endpoint for an ingress, policy tests). Only how the request arrives and how the verdict leaves differ, so
+two front doors can never disagree about a request: there is no second copy of the stage order to drift.
+
+`decide` is synchronous whenever the credentials are (a public route, a refused request, a token already in the
+verified-token cache) and returns a coroutine only when a token must be verified: the common case costs no task,
+no future and no coroutine. No I/O here beyond what the credentials do; no framing, no aiohttp.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+from scopegate.bearer import bearer_token, organization_id
+from scopegate.errors import RESPONSES, BadPath, NoRoute, Reason, Rejection
+from scopegate.policy import ORGANIZATION_CHECKED, decide
+from scopegate.request import Headers, RequestFacts
+from scopegate.routing import Router, normalize_path
+from scopegate.rules import Mode, RouteRule
+from scopegate.tokens import Claims, TokenVerifier
+
+# Denials that audit mode forwards anyway. A hostile path, an ambiguous request or missing signing keys are never
+# forwarded: audit relaxes the rules, not the proxy's own safety.
+AUDITABLE = frozenset(
+    {
+        Reason.MISSING_TOKEN,
+        Reason.INVALID_TOKEN,
+        Reason.WRONG_AUDIENCE,
+        Reason.WRONG_ORGANIZATION,
+        Reason.ORGANIZATION_TOKEN,
+        Reason.INSUFFICIENT_SCOPE,
+        Reason.CLAIM_MISMATCH,
+        Reason.MISSING_ORGANIZATION,
+    }
+)
+ALLOW, DENY, AUDIT_DENY = "allow", "deny", "audit_deny"
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_HEADER_SAFE = re.compile(r"[ -~]*")
+_VISIBLE_ASCII = "".join(map(chr, range(0x20, 0x7F)))
+_LOGGED_PATH_MAX = 512
+
+# Request ids: a random per-process prefix and a counter. Unique across processes and restarts like uuid4, without
+# a system call per request; spawned workers are fresh interpreters, so each draws its own prefix.
+_ID_PREFIX = secrets.token_hex(10)
+_ID_COUNTER = itertools.count(1)
+
+
+class Credentials(Protocol):
+    """Where the gate gets a request's verified claims; raises a `Rejection` when there are none to be had."""
+
+    def claims(self, headers: Headers) -> Claims | Awaitable[Claims]:
+        """The claims now when they are at hand, or an awaitable when a token must be verified first."""
+        ...
+
+
+class BearerCredentials:
+    """The request's bearer token, verified against the issuer: the verified-token cache first, then in full."""
+
+    __slots__ = ("_verifier",)
+
+    def __init__(self, verifier: TokenVerifier) -> None:
+        self._verifier = verifier
+
+    def claims(self, headers: Headers) -> Claims | Awaitable[Claims]:
+        token = bearer_token(headers)
+        cached = self._verifier.cached(token)
+        return cached if cached is not None else self._verifier.verify(token)
+
+
+@dataclass(slots=True)
+class Verdict:
+    """One request's decision, with everything the response, the decision log and the metrics need."""
+
+    request_id: str
+    method: str
+    path: str = ""  # normalized; the raw target, escaped and bounded, when it was refused
+    query: str = ""  # raw, as the client sent it
+    route: RouteRule | None = None
+    decision: str = DENY
+    reason: Reason = Reason.OK
+    detail: str = ""  # the finer cause, for the log
+    description: str = ""  # for the client's error_description; "" means the reason's default
+    status: int = 0  # a rejection's status; 0 while the request is (to be) forwarded
+    sub: str | None = None
+    client_id: str | None = None
+    organization_id: str | None = None
+    identity: tuple[tuple[str, str], ...] = ()  # scopegate's X-Auth-* headers for the upstream
+
+    @property
+    def forward(self) -> bool:
+        return self.decision != DENY
+
+    @property
+    def route_name(self) -> str:
+        return self.route.name if self.route is not None else ""
+
+    @property
+    def required_scopes(self) -> tuple[str, ...]:
+        return self.route.scopes.scopes if self.route is not None else ()
+
+    def refuse(self, reason: Reason, detail: str, description: str = "", status: int | None = None) -> Verdict:
+        """Deny with `reason`; the status defaults to the reason's (`errors.RESPONSES`)."""
+        self.decision, self.reason, self.detail, self.description = DENY, reason, detail, description
+        self.status = status or RESPONSES[reason].status
+        self.identity = ()
+        return self
+
+
+class Gate:
+    """The stages in order over one set of route rules; `credentials` turns a request into verified claims."""
+
+    __slots__ = ("_credentials", "_router")
+
+    def __init__(self, router: Router[RouteRule], credentials: Credentials) -> None:
+        self._router = router
+        self._credentials = credentials
+
+    def decide(self, request: RequestFacts, request_id: str) -> Verdict | Coroutine[Any, Any, Verdict]:
+        """The verdict, or a coroutine resolving to it when a token has to be verified first."""
+        verdict = Verdict(request_id, request.method)
+        try:
+            verdict.path, verdict.query = split_target(request.target)
+        except Rejection as exc:
+            verdict.path = _loggable(request.target)
+            return _refused(verdict, None, exc)
+        route: RouteRule | None = None
+        try:
+            match = self._router.match(request.method, verdict.path)
+            if match is None:
+                raise NoRoute("no_route")
+            route = verdict.route = match.target
+            if route.public:
+                verdict.decision, verdict.reason, verdict.identity = ALLOW, Reason.PUBLIC, _route_only(route)
+                return verdict
+            if route.organization is not None:
+                verdict.organization_id = organization_id(
+                    route.organization, match.params, request.headers, verdict.query
+                )
+            claims = self._credentials.claims(request.headers)
+        except Rejection as exc:
+            return _refused(verdict, route, exc)
+        if isinstance(claims, Claims):
+            return _conclude(verdict, route, claims)
+        return _conclude_after(verdict, route, claims)
+
+    async def decide_now(self, request: RequestFacts, request_id: str = "-") -> Verdict:
+        """`decide`, awaited: for front doors that are coroutines anyway (explain, policy tests)."""
+        verdict = self.decide(request, request_id)
+        return verdict if isinstance(verdict, Verdict) else await verdict
+
+
+async def _conclude_after(verdict: Verdict, route: RouteRule, pending: Awaitable[Claims]) -> Verdict:
+    try:
+        claims = await pending
+    except Rejection as exc:
+        return _refused(verdict, route, exc)
+    return _conclude(verdict, route, claims)
+
+
+def _conclude(verdict: Verdict, route: RouteRule, claims: Claims) -> Verdict:
+    """Policy on verified claims, then audit mode; identity headers only for what was verified."""
+    verdict.sub, verdict.client_id = claims.subject, claims.client_id
+    requested = verdict.organization_id
+    if requested is None:
+        verdict.organization_id = claims.organization_id
+    decision = decide(route, requested if route.organization is not None else None, claims)
+    verdict.reason, verdict.detail, verdict.description = decision.reason, decision.detail, decision.description
+    if decision.allowed:
+        verdict.decision = ALLOW
+    elif route.mode is Mode.AUDIT and decision.reason in AUDITABLE:
+        verdict.decision = AUDIT_DENY
+    else:
+        return verdict.refuse(decision.reason, decision.detail, decision.description)
+    # The organization the request named is vouched for only once policy has compared it with the token.
+    organization = requested if decision.reason in ORGANIZATION_CHECKED else None
+    verdict.identity = _identity(route, claims, organization)
+    return verdict
+
+
+def _refused(verdict: Verdict, route: RouteRule | None, exc: Rejection) -> Verdict:
+    """A stage refused the request; audit mode forwards the auditable refusals, without any identity."""
+    if route is not None and route.mode is Mode.AUDIT and exc.reason in AUDITABLE:
+        verdict.decision, verdict.reason, verdict.detail = AUDIT_DENY, exc.reason, exc.detail
+        verdict.identity = _route_only(route)
+        return verdict
+    return verdict.refuse(exc.reason, exc.detail, exc.description, exc.status)
+
+
+def _route_only(route: RouteRule) -> tuple[tuple[str, str], ...]:
+    return (("X-Auth-Route", route.name),)
+
+
+def _identity(route: RouteRule, claims: Claims, organization: str | None) -> tuple[tuple[str, str], ...]:
+    headers = [("X-Auth-Route", route.name), ("X-Auth-Scopes", header_value(claims.scope))]
+    if claims.subject is not None:
+        headers.append(("X-Auth-Subject", header_value(claims.subject)))
+    if claims.client_id is not None:
+        headers.append(("X-Auth-Client-Id", header_value(claims.client_id)))
+    if route.organization is not None and organization is not None:
+        headers.append(("X-Auth-Organization-Id", organization))
+    return tuple(headers)
+
+
+def header_value(value: str) -> str:
+    """Claims are attacker-influenced text: anything outside visible ASCII is percent-encoded, never passed raw."""
+    return value if _HEADER_SAFE.fullmatch(value) else quote(value, safe=_VISIBLE_ASCII)
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """The normalized path and the raw query of a request target (origin-form or absolute-form)."""
+    if not target.startswith("/"):
+        if not target.startswith(("http://", "https://")):
+            raise BadPath("not_absolute", "the request target must be an absolute path")
+        parts = urlsplit(target)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    raw_path, _, query = target.partition("?")
+    return normalize_path(raw_path), query
+
+
+def request_id(headers: Headers) -> str:
+    """The client's X-Request-Id when it is a sane token, else a new one."""
+    incoming = headers.get("X-Request-Id")
+    if incoming is not None and _REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+
+
+def _loggable(raw: str) -> str:
+    """A refused path as it came, bounded and with control characters escaped (it may be hostile)."""
+    return raw[:_LOGGED_PATH_MAX].encode("unicode_escape", "backslashreplace").decode("ascii")

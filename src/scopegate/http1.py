@@ -1,0 +1,701 @@
+"""HTTP/1.1 on the proxy port: bytes in, requests out one at a time; one protocol object per connection, no tasks.
+
+`ClientConnection` feeds what the client sends to httptools (llhttp, the parser under aiohttp's and uvicorn's fast
+paths) in its strict mode, and hands each complete request head to the `RequestHandler` (the pipeline) once the
+previous response on the connection is done: pipelined requests wait their turn, with reading paused. The request
+body streams to whoever consumes it (`BodyConsumer`: the exchange with the upstream), buffered only until that
+consumer is attached and only up to a high-water mark, after which reading pauses.
+
+The framing is ours, so are its attacks. On top of llhttp's strict mode (which refuses Content-Length beside
+Transfer-Encoding, repeated or signed Content-Length, obs-fold, bare CR or LF, control characters in values, bad
+tokens in names, chunk-size overflow, unknown methods) `read_framing` refuses what llhttp lets through:
+
+- a Transfer-Encoding other than exactly `chunked`, or any on HTTP/1.0 (RFC 9112 section 6.1)     -> 400
+- no Host on HTTP/1.1, or more than one Host (RFC 9112 section 3.2)                              -> 400
+- an Expect other than 100-continue                                                               -> 417
+- a version other than HTTP/1.0 and HTTP/1.1                                                      -> 505 (0.9: 400)
+- a Content-Length over `limits.max_body_bytes` (a chunked body is cut when it passes it)         -> 413
+and the connection enforces the size and time limits: request line -> 414, header fields -> 431, a head not
+complete within the header deadline -> 408. Each refusal is answered once, then the connection closes: after a
+framing error nothing more on it can be trusted. `tests/test_framing.py` has one row per trick with its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import NoReturn, Protocol, cast
+
+import httptools
+
+from scopegate.config import Limits
+from scopegate.errors import BadRequest
+from scopegate.request import Headers, RequestFacts
+from scopegate.responses import SERVER_HEADER
+
+# Buffer a request body up to this much while nobody consumes it yet (the decision is pending), then pause reading.
+BODY_HIGH_WATER = 256 * 1024
+# What a request head may take beyond its line and fields: CRLFs, colons, the version.
+_HEAD_SLACK = 1024
+# How often deadlines are checked: coarse on purpose, since a timer per request would cost more than the checks.
+_SWEEP_SECONDS = 0.25
+
+# Why reading is paused; reading resumes when no reason is left.
+_PAUSED_BY_BUFFER = 1  # a body is buffered up to the high-water mark
+_PAUSED_BY_PIPELINE = 2  # a pipelined request waits for the one before it
+_PAUSED_BY_CONSUMER = 4  # the upstream is not taking the body as fast as it comes
+_PAUSED_BY_CLOSING = 8  # nothing more will be read as a request
+
+_IDLE, _HEAD, _BUSY, _LINGER = "idle", "head", "busy", "linger"
+
+
+class BodyConsumer(Protocol):
+    """Takes a request's body as it arrives (after a WebSocket upgrade: the client's raw bytes), and hears about the
+    client's side of the connection."""
+
+    def body(self, data: bytes) -> None: ...
+
+    def body_end(self) -> None: ...
+
+    def body_broken(self, error: BadRequest | None) -> None:
+        """The body cannot complete: a framing error in it, or (None) the client closed mid-body."""
+        ...
+
+    def client_paused(self) -> None:
+        """The client is not reading: stop producing response bytes until `client_resumed`."""
+        ...
+
+    def client_resumed(self) -> None: ...
+
+    def client_lost(self) -> None:
+        """The connection is gone; nothing more can be written."""
+        ...
+
+
+class RequestHandler(Protocol):
+    """What the connection calls: a request whose turn has come, or a framing error to answer (then it closes)."""
+
+    def handle(self, connection: ClientConnection, request: IncomingRequest) -> None: ...
+
+    def refuse(self, connection: ClientConnection, error: BadRequest, method: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """How a request is framed, read from its header fields once they are complete."""
+
+    content_length: int | None
+    chunked: bool
+    expect_continue: bool
+    websocket: bool  # a WebSocket upgrade: after the head, the connection becomes a byte tunnel
+    connection_tokens: frozenset[bytes]  # lower-cased Connection options: hop-by-hop for this message too
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+def read_framing(fields: list[tuple[bytes, bytes, bytes]], version: str, upgrade: bool, limits: Limits) -> Framing:
+    """The request's framing, or `BadRequest` for what llhttp's strict mode lets through but a proxy must not."""
+    if version not in ("1.1", "1.0"):
+        if version.startswith(("0.", "1.")):
+            raise BadRequest("bad_http_version", "the request's HTTP version is not supported")
+        raise BadRequest("unsupported_http_version", "use HTTP/1.1 on this port", status=505)
+    hosts = transfer = expect = 0
+    content_length: int | None = None
+    chunked = expect_continue = False
+    tokens: set[bytes] = set()
+    upgrade_to = b""
+    for lower, _, value in fields:
+        if lower == b"host":
+            hosts += 1
+        elif lower == b"transfer-encoding":
+            transfer += 1
+            chunked = value.strip().lower() == b"chunked"
+        elif lower == b"content-length":
+            content_length = int(value)  # llhttp allows exactly one, digits only
+        elif lower == b"expect":
+            expect += 1
+            expect_continue = value.strip().lower() == b"100-continue"
+        elif lower == b"connection":
+            tokens.update(token.strip().lower() for token in value.split(b","))
+        elif lower == b"upgrade":
+            upgrade_to = value.strip().lower()
+    if hosts > 1 or (hosts == 0 and version == "1.1"):
+        raise BadRequest("host_header", "send exactly one Host header")
+    if transfer and (not chunked or transfer > 1 or version == "1.0"):
+        raise BadRequest("transfer_encoding", "the only Transfer-Encoding accepted is chunked, on HTTP/1.1")
+    if expect and (not expect_continue or expect > 1):
+        raise BadRequest("expectation", "the only expectation supported is 100-continue", status=417)
+    limit = limits.max_body_bytes
+    if limit is not None and content_length is not None and content_length > limit:
+        raise BadRequest("body_too_large", f"the request body is larger than {limit} bytes", status=413)
+    websocket = upgrade and upgrade_to == b"websocket" and b"upgrade" in tokens
+    if upgrade and (chunked or content_length):
+        raise BadRequest("upgrade_with_body", "an upgrade request must not carry a body")
+    return Framing(content_length, chunked, expect_continue and version == "1.1", websocket, frozenset(tokens))
+
+
+class IncomingRequest:
+    """One request on a connection: its facts for the decision, its framing, and its body as a stream."""
+
+    __slots__ = (
+        "_buffer",
+        "_buffered",
+        "_connection",
+        "_consumer",
+        "body_bytes",
+        "broken",
+        "complete",
+        "facts",
+        "framing",
+        "keep_alive",
+        "version",
+    )
+
+    def __init__(
+        self, connection: ClientConnection, facts: RequestFacts, framing: Framing, version: str, keep_alive: bool
+    ) -> None:
+        self._connection = connection
+        self.facts = facts
+        self.framing = framing
+        self.version = version
+        self.keep_alive = keep_alive
+        self.complete = False  # the whole body (or, for an upgrade, the head) has arrived
+        self.broken: BadRequest | None = None
+        self.body_bytes = 0
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._consumer: BodyConsumer | None = None
+
+    @property
+    def method(self) -> str:
+        return self.facts.method
+
+    def consume(self, consumer: BodyConsumer) -> None:
+        """From now on the body goes to `consumer`: what was buffered first, then the rest as it arrives."""
+        self._consumer = consumer
+        buffered, self._buffer, self._buffered = self._buffer, [], 0
+        for data in buffered:
+            consumer.body(data)
+        self._connection.resume_reading(_PAUSED_BY_BUFFER)
+        if self.broken is not None:
+            consumer.body_broken(self.broken)
+        elif self.complete and not self.framing.websocket:
+            consumer.body_end()
+
+    @property
+    def consumer(self) -> BodyConsumer | None:
+        return self._consumer
+
+    def received(self, data: bytes) -> None:
+        self.body_bytes += len(data)
+        limit = self._connection.limits.max_body_bytes
+        if limit is not None and self.body_bytes > limit and not self.framing.websocket:
+            self.fail(BadRequest("body_too_large", f"the request body is larger than {limit} bytes", status=413))
+            return
+        if self._consumer is not None:
+            self._consumer.body(data)
+            return
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered > BODY_HIGH_WATER:
+            self._connection.pause_reading(_PAUSED_BY_BUFFER)
+
+    def ended(self) -> None:
+        self.complete = True
+        if self._consumer is not None and not self.framing.websocket:
+            self._consumer.body_end()
+
+    def fail(self, error: BadRequest | None) -> None:
+        """The body cannot complete (framing error, or None: the client went away)."""
+        if self.complete or self.broken is not None:
+            return
+        self.broken = error or BadRequest("client_closed_mid_body", "the client closed the connection mid-body")
+        if self._consumer is not None:
+            self._consumer.body_broken(error)
+
+
+class _Refusal:
+    """A framing error waiting its turn behind the requests before it."""
+
+    __slots__ = ("error", "method")
+
+    def __init__(self, error: BadRequest, method: str) -> None:
+        self.error = error
+        self.method = method
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback to stop llhttp; the reason is in `ClientConnection._error`."""
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection on the proxy port."""
+
+    def __init__(self, server: Http1Server) -> None:
+        self._server = server
+        self.limits = server.limits
+        self._handler = server.handler
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.local = ""
+        self._active: IncomingRequest | None = None
+        self._parsing: IncomingRequest | None = None
+        self._queue: deque[IncomingRequest | _Refusal] = deque()
+        self._url: list[bytes] = []
+        self._fields: list[tuple[bytes, bytes, bytes]] = []
+        self._line_bytes = 0
+        self._header_bytes = 0
+        self._head_bytes = 0
+        self._counting_head = True
+        self._head_started = False
+        self._error: BadRequest | None = None
+        self._paused = 0
+        self._write_paused = False
+        self._upgraded = False
+        self._finished_reading = False  # a framing error or an upgrade: no more requests from these bytes
+        self._closing = False  # close once the response in progress is done
+        self._discard_budget = 0  # bytes still accepted and dropped while lingering before a close
+        self.deadline = 0.0
+        self.deadline_kind = _HEAD
+
+    # --- asyncio.Protocol --------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
+        peer = self.transport.get_extra_info("peername")
+        local = self.transport.get_extra_info("sockname")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
+        self.local = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else ""
+        self._server.connections.add(self)
+        self._set_deadline(_HEAD, self.limits.request_header_timeout_seconds)
+        if self._server.draining:
+            self.shutdown()
+
+    def data_received(self, data: bytes) -> None:
+        if self._upgraded:
+            self._tunnel_in(data)
+            return
+        if self._finished_reading:
+            self._discard(len(data))
+            return
+        if self._counting_head:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade(data[upgrade.args[0] :])
+            return
+        except httptools.HttpParserError as exc:
+            self._framing_failed(self._error or BadRequest("malformed_request", _parser_message(exc)))
+            return
+        if self._counting_head and self._head_bytes > self._head_limit():
+            self._framing_failed(self._head_too_large())
+
+    def eof_received(self) -> bool | None:
+        if self._upgraded:
+            active = self._active
+            if active is not None and active.consumer is not None:
+                active.consumer.body_end()  # the client half-closed its side of the tunnel
+                return True
+            return None
+        parsing = self._parsing
+        if parsing is not None:
+            parsing.fail(None)
+        active = self._active
+        if active is not None and active.complete:
+            self._closing = True
+            return True  # keep the write side open: the response is still on its way
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.forget(self)
+        self._closing = True
+        active, self._active = self._active, None
+        self._queue.clear()
+        if active is not None:
+            active.fail(None)
+            if active.consumer is not None:
+                active.consumer.client_lost()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        active = self._active
+        if active is not None and active.consumer is not None:
+            active.consumer.client_paused()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        active = self._active
+        if active is not None and active.consumer is not None:
+            active.consumer.client_resumed()
+
+    # --- parser callbacks --------------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = []
+        self._fields = []
+        self._line_bytes = self._header_bytes = 0
+        self._head_started = True
+        if self.deadline_kind == _IDLE:
+            self._set_deadline(_HEAD, self.limits.request_header_timeout_seconds)
+
+    def on_url(self, part: bytes) -> None:
+        self._line_bytes += len(part)
+        if self._line_bytes > self.limits.max_request_line_bytes:
+            self._stop(self._line_too_long())
+        self._url.append(part)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        self._fields.append((name.lower(), name, value))
+        limits = self.limits
+        if self._header_bytes > limits.max_header_bytes or len(self._fields) > limits.max_header_count:
+            self._stop(_fields_too_large(limits))
+
+    def on_headers_complete(self) -> None:
+        self._counting_head = self._head_started = False
+        parser = self._parser
+        method = parser.get_method().decode("ascii")
+        version = parser.get_http_version()
+        try:
+            framing = read_framing(self._fields, version, parser.should_upgrade(), self.limits)
+        except BadRequest as exc:
+            self._stop(exc)
+        target = b"".join(self._url).decode("latin-1")
+        facts = RequestFacts(method, target, Headers(self._fields))
+        keep_alive = parser.should_keep_alive() and not (parser.should_upgrade() and not framing.websocket)
+        request = IncomingRequest(self, facts, framing, version, keep_alive)
+        self._parsing = request
+        if self._active is None and not self._queue:
+            self._start(request)
+        else:
+            self._queue.append(request)
+            self.pause_reading(_PAUSED_BY_PIPELINE)
+
+    def on_body(self, data: bytes) -> None:
+        parsing = self._parsing
+        if parsing is not None:
+            parsing.received(data)
+
+    def on_message_complete(self) -> None:
+        parsing, self._parsing = self._parsing, None
+        self._counting_head, self._head_bytes = True, 0
+        if parsing is not None:
+            parsing.ended()
+
+    # --- for the handler and the exchange ----------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    def reusable_after(self, request: IncomingRequest) -> bool:
+        """Can the connection carry another request once this one's response is done? (Decided before the
+        response head is written: it says `Connection: close` otherwise.)"""
+        return request.keep_alive and not self._closing and not self._server.draining and not request.framing.websocket
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(parts)
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    def finish(self, request: IncomingRequest, *, keep_alive: bool) -> None:
+        """The response to `request` is complete: next request, or close."""
+        if self._active is not request:
+            return
+        self._active = None
+        self.resume_reading(_PAUSED_BY_CONSUMER)
+        if not keep_alive or not request.complete or self._closing or self._server.draining:
+            self.close_after_writing()
+            return
+        if self._queue:
+            self._next_from_queue()
+            return
+        self.resume_reading(_PAUSED_BY_PIPELINE)
+        if self._head_started:
+            self._set_deadline(_HEAD, self.limits.request_header_timeout_seconds)
+        else:
+            self._set_deadline(_IDLE, self.limits.keepalive_timeout_seconds)
+
+    def close_after_writing(self, linger_budget: int = 0) -> None:
+        """Close once what is written has gone out; meanwhile read and drop up to `linger_budget` bytes, so a client
+        still sending is not answered with a reset that would destroy the response it has not read yet."""
+        self._closing = self._finished_reading = True
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if linger_budget <= 0:
+            transport.close()
+            return
+        self._discard_budget = linger_budget
+        self._active = None
+        self._set_deadline(_LINGER, min(2.0, self.limits.request_header_timeout_seconds))
+        self.resume_reading(_PAUSED_BY_BUFFER | _PAUSED_BY_PIPELINE | _PAUSED_BY_CONSUMER | _PAUSED_BY_CLOSING)
+        if transport.can_write_eof():
+            transport.write_eof()
+
+    def cut(self) -> None:
+        """End the connection now, mid-response: the only way left to tell a client its response is broken."""
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause_reading(self, reason: int = _PAUSED_BY_CONSUMER) -> None:
+        was = self._paused
+        self._paused |= reason
+        if not was and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self, reason: int = _PAUSED_BY_CONSUMER) -> None:
+        if not self._paused & reason:
+            return
+        self._paused &= ~reason
+        if not self._paused and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def shutdown(self) -> None:
+        """Draining: close now when idle, else after the response in progress."""
+        self._closing = True
+        if self._active is None and not self._head_started and not self._upgraded:
+            self.close_after_writing()
+
+    def expire(self, now: float) -> None:
+        """Called by the server's sweep: act on a passed deadline."""
+        if now < self.deadline or self.transport is None or self.transport.is_closing():
+            return
+        kind = self.deadline_kind
+        if kind == _HEAD and self._head_started and self._active is None:
+            self._framing_failed(
+                BadRequest("request_header_timeout", "the request head did not arrive in time", status=408)
+            )
+        elif kind in (_HEAD, _IDLE, _LINGER):
+            self.transport.close()
+
+    # --- internals ---------------------------------------------------------------------------------------------
+
+    def _start(self, request: IncomingRequest) -> None:
+        self._active = request
+        self._set_deadline(_BUSY, 0.0)
+        self._handler.handle(self, request)
+
+    def _next_from_queue(self) -> None:
+        item = self._queue.popleft()
+        if not self._queue:
+            self.resume_reading(_PAUSED_BY_PIPELINE)
+        if isinstance(item, _Refusal):
+            self._refuse_now(item)
+        else:
+            self._start(item)
+
+    def _refuse_now(self, refusal: _Refusal) -> None:
+        self._queue.clear()
+        self._closing = self._finished_reading = True
+        self._handler.refuse(self, refusal.error, refusal.method)
+        self.close_after_writing(linger_budget=64 * 1024)
+
+    def _framing_failed(self, error: BadRequest) -> None:
+        """Nothing more from this connection can be trusted: answer in turn, then close."""
+        self._finished_reading = True
+        self.pause_reading(_PAUSED_BY_CLOSING)
+        parsing, self._parsing = self._parsing, None
+        method = self._method_so_far()
+        if parsing is not None:  # the error is in this request's body
+            method = parsing.method
+            if parsing is self._active:
+                parsing.fail(error)
+                return
+            with contextlib.suppress(ValueError):
+                self._queue.remove(parsing)
+        refusal = _Refusal(error, method)
+        if self._active is None and not self._queue:
+            self._refuse_now(refusal)
+        else:
+            self._queue.append(refusal)
+
+    def _method_so_far(self) -> str:
+        try:
+            return self._parser.get_method().decode("ascii") if self._url else ""
+        except httptools.HttpParserError:
+            return ""
+
+    def _stop(self, error: BadRequest) -> NoReturn:
+        self._error = error
+        raise _StopParsing(error.detail)
+
+    def _upgrade(self, rest: bytes) -> None:
+        """llhttp stops at an upgrade request's head; what follows is not HTTP any more."""
+        request = self._parsing or self._last_request()
+        if request is None or not request.framing.websocket:
+            # Not a WebSocket: served as a plain request, then the connection closes; what followed is not read.
+            self._closing = True
+            self.pause_reading(_PAUSED_BY_CLOSING)
+            return
+        self._upgraded = True
+        if rest:
+            self._tunnel_in(rest)
+
+    def _last_request(self) -> IncomingRequest | None:
+        if self._queue and isinstance(self._queue[-1], IncomingRequest):
+            return self._queue[-1]
+        return self._active
+
+    def _tunnel_in(self, data: bytes) -> None:
+        request = self._last_request()
+        if request is not None:
+            request.received(data)
+
+    def _discard(self, size: int) -> None:
+        self._discard_budget -= size
+        if self._discard_budget < 0 and self.transport is not None:
+            self.transport.close()
+
+    def _set_deadline(self, kind: str, seconds: float) -> None:
+        self.deadline_kind = kind
+        self.deadline = self._server.now() + seconds if seconds else float("inf")
+
+    def _head_limit(self) -> int:
+        return self.limits.max_request_line_bytes + self.limits.max_header_bytes + _HEAD_SLACK
+
+    def _head_too_large(self) -> BadRequest:
+        return self._line_too_long() if not self._fields else _fields_too_large(self.limits)
+
+    def _line_too_long(self) -> BadRequest:
+        limit = self.limits.max_request_line_bytes
+        return BadRequest("request_line_too_long", f"the request line is longer than {limit} bytes", status=414)
+
+
+def _fields_too_large(limits: Limits) -> BadRequest:
+    return BadRequest(
+        "header_fields_too_large",
+        f"the request has more than {limits.max_header_count} header fields or {limits.max_header_bytes} bytes of them",
+        status=431,
+    )
+
+
+def _parser_message(exc: httptools.HttpParserError) -> str:
+    """llhttp's own reason (a fixed text such as 'Invalid header value char'), made safe for a quoted string."""
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    return "malformed request: " + "".join(ch for ch in text if ch.isalnum() or ch in " -_`:")[:100]
+
+
+# --- responses on the wire -----------------------------------------------------------------------------------
+
+_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in HTTPStatus}
+SERVER_LINE = f"Server: {SERVER_HEADER}\r\n".encode()
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_date = [0, b""]  # the second last formatted, and its Date header line: one formatdate() per second, not per response
+
+
+def status_line(status: int, reason: bytes | None = None) -> bytes:
+    """`HTTP/1.1 <status> <reason>`: the upstream's own reason phrase when given, else the standard one."""
+    if reason is None:
+        line = _STATUS_LINES.get(status)
+        if line is not None:
+            return line
+        reason = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+
+
+def date_line() -> bytes:
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0], _date[1] = now, f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
+    line = _date[1]
+    assert isinstance(line, bytes)
+    return line
+
+
+def encode_response(
+    status: int, headers: Iterable[tuple[str, str]], body: bytes, *, keep_alive: bool, version: str, head_only: bool
+) -> bytes:
+    """A complete response scopegate answers itself (a rejection), framed by Content-Length."""
+    parts = [status_line(status), SERVER_LINE, date_line()]
+    parts.extend(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers)
+    parts.append(b"Content-Length: %d\r\n" % len(body))
+    parts.append(connection_line(keep_alive, version))
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)
+
+
+def connection_line(keep_alive: bool, version: str) -> bytes:
+    """What to say about the connection: HTTP/1.1 keeps it by default, HTTP/1.0 closes it by default."""
+    if not keep_alive:
+        return b"Connection: close\r\n"
+    return b"Connection: keep-alive\r\n" if version == "1.0" else b""
+
+
+class Http1Server:
+    """The proxy listener: its connections, their deadlines, and draining them on shutdown."""
+
+    def __init__(self, handler: RequestHandler, limits: Limits) -> None:
+        self.handler = handler
+        self.limits = limits  # replaced on reload; a connection keeps the limits it started with
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self._all_closed = asyncio.Event()  # set once draining has no connection left
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def forget(self, connection: ClientConnection) -> None:
+        self.connections.discard(connection)
+        if self.draining and not self.connections:
+            self._all_closed.set()
+
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Start accepting; returns the bound port (the OS's choice for port 0)."""
+        self._loop = asyncio.get_running_loop()
+        self._server = await self._loop.create_server(
+            lambda: ClientConnection(self), host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024
+        )
+        self._sweeper = asyncio.create_task(self._sweep(), name="http1-deadlines")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def drain(self, grace_seconds: float) -> list[ClientConnection]:
+        """Stop accepting, close idle connections, give busy ones `grace_seconds`; returns those cut at the end."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.shutdown()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), grace_seconds)
+        cut = list(self.connections)
+        for connection in cut:
+            connection.cut()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        return cut
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_SECONDS)
+            now = self.now()
+            for connection in list(self.connections):
+                if connection.deadline <= now:
+                    connection.expire(now)

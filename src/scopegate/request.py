@@ -1,0 +1,68 @@
+"""What a request says, whatever brought it: the neutral shape every front door hands to the decision.
+
+The proxy port parses HTTP/1.1 into this; `explain` and policy tests build it from the command line or a test file;
+an HTTP/2 front would build the same. The decision (`gate.py`) reads only this, so it never depends on how the
+request arrived.
+
+Header fields keep their bytes exactly as received (names in their original case), because what was authorized is
+forwarded byte for byte; the decision reads them as latin-1 text, which maps every byte to one character and back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+
+class Headers:
+    """Header fields in arrival order; lookups are case-insensitive and return every value of a repeated field."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: list[tuple[bytes, bytes, bytes]] | None = None) -> None:
+        """`fields` are (lower-cased name, name as sent, value) triples, filled by the framing layer."""
+        self._fields = fields if fields is not None else []
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[str, str]]) -> Headers:
+        """Headers from text pairs (command line, test files), encoded as UTF-8 the way a client would send them."""
+        fields = []
+        for name, value in pairs:
+            raw = name.encode("utf-8", "surrogateescape")
+            fields.append((raw.lower(), raw, value.encode("utf-8", "surrogateescape")))
+        return cls(fields)
+
+    def getall(self, name: str) -> list[str]:
+        """Every value of the field `name` (any case), in arrival order; [] when absent."""
+        key = name.lower().encode("latin-1")
+        return [value.decode("latin-1") for lower, _, value in self._fields if lower == key]
+
+    def get(self, name: str) -> str | None:
+        """The first value of `name`, or None."""
+        key = name.lower().encode("latin-1")
+        for lower, _, value in self._fields:
+            if lower == key:
+                return value.decode("latin-1")
+        return None
+
+    def fields(self) -> Iterator[tuple[bytes, bytes, bytes]]:
+        """(lower-cased name, name as sent, value) for every field, in arrival order."""
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+
+@dataclass(slots=True)
+class RequestFacts:
+    """A request as the decision sees it. `target` is the raw request-target (origin- or absolute-form)."""
+
+    method: str
+    target: str
+    headers: Headers
+
+
+def query_values(query: str, name: str) -> list[str]:
+    """Every value of the query parameter `name` in a raw query string, percent- and `+`-decoded."""
+    return [value for key, value in parse_qsl(query, keep_blank_values=True) if key == name]
