@@ -599,7 +599,13 @@ def _parser_message(exc: httptools.HttpParserError) -> str:
 _STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in HTTPStatus}
 SERVER_LINE = f"Server: {SERVER_HEADER}\r\n".encode()
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_date = [0, b""]  # the second last formatted, and its Date header line: one formatdate() per second, not per response
+
+
+class _DateLine:
+    """The Date header line, formatted once per second rather than once per response."""
+
+    second = 0
+    line = b""
 
 
 def status_line(status: int, reason: bytes | None = None) -> bytes:
@@ -614,11 +620,9 @@ def status_line(status: int, reason: bytes | None = None) -> bytes:
 
 def date_line() -> bytes:
     now = int(time.time())
-    if now != _date[0]:
-        _date[0], _date[1] = now, f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
-    line = _date[1]
-    assert isinstance(line, bytes)
-    return line
+    if now != _DateLine.second:
+        _DateLine.second, _DateLine.line = now, f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
+    return _DateLine.line
 
 
 def encode_response(

@@ -12,10 +12,8 @@ reported only after the parser has consumed the whole chunk it came in, never fr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections import deque
-from collections.abc import Callable
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
@@ -393,20 +391,3 @@ class UpstreamPool:
         self._idle = keep
         if keep:
             self._reaper = loop.call_later(self._idle_seconds / 2, self._reap)
-
-
-def on_connected(task: asyncio.Task[UpstreamConnection], then: Callable[[UpstreamConnection | None], None]) -> None:
-    """Call `then` with the connection `task` opened, or None when it failed or was cancelled."""
-
-    def done(finished: asyncio.Task[UpstreamConnection]) -> None:
-        connection: UpstreamConnection | None = None
-        if not finished.cancelled() and finished.exception() is None:
-            connection = finished.result()
-        then(connection)
-
-    task.add_done_callback(done)
-
-
-async def _quietly_close(connection: UpstreamConnection) -> None:
-    with contextlib.suppress(Exception):
-        connection.close()

@@ -79,7 +79,7 @@ only when set, so scopegate's own defaults apply otherwise. JSON is YAML: toJson
 {{- $auth := dict "issuer" (required "config.auth.issuer is required (e.g. https://tenant.logto.app/oidc), or set existingConfigMap.name" $c.auth.issuer) -}}
 {{- if $c.auth.jwks_uri }}{{ $_ := set $auth "jwks_uri" $c.auth.jwks_uri }}{{ end -}}
 {{- if $c.auth.algorithms }}{{ $_ := set $auth "algorithms" $c.auth.algorithms }}{{ end -}}
-{{- range $key := list "leeway_seconds" "jwks_refresh_seconds" "jwks_refetch_cooldown_seconds" -}}
+{{- range $key := list "leeway_seconds" "jwks_refresh_seconds" "jwks_refetch_cooldown_seconds" "token_cache_entries" -}}
 {{- if not (kindIs "invalid" (index $c.auth $key)) }}{{ $_ := set $auth $key (index $c.auth $key) }}{{ end -}}
 {{- end -}}
 {{- if not $c.routes -}}
@@ -97,6 +97,10 @@ auth:
   {{- toYaml $auth | nindent 2 }}
 routes:
   {{- toYaml $c.routes | nindent 2 }}
+{{- if $c.limits }}
+limits:
+  {{- toYaml $c.limits | nindent 2 }}
+{{- end }}
 {{- end -}}
 
 {{/* The part of the config a reload does not apply (README, Operations: listen, admin_listen and auth). */}}
