@@ -24,6 +24,11 @@ _ORGANIZATION_ID = re.compile(r"[!-~]{1,256}")
 
 def bearer_token(headers: Headers) -> str:
     """The token of the single `Authorization: Bearer` header; raises MissingToken, BadRequest or InvalidToken."""
+    return check_format(bearer_credentials(headers))
+
+
+def bearer_credentials(headers: Headers) -> str:
+    """What the single `Authorization: Bearer` header carries, its format not checked yet (`check_format`)."""
     values = headers.getall("Authorization")
     if not values:
         raise MissingToken("no_authorization_header")
@@ -32,7 +37,11 @@ def bearer_token(headers: Headers) -> str:
     scheme, _, credentials = values[0].strip().partition(" ")
     if scheme.lower() != "bearer":
         raise MissingToken("not_bearer_scheme", "use the Bearer authentication scheme")
-    token = credentials.strip(" ")
+    return credentials.strip(" ")
+
+
+def check_format(token: str) -> str:
+    """`token` when it is an RFC 6750 b64token, else InvalidToken."""
     if not _B64TOKEN.fullmatch(token):
         raise InvalidToken("malformed", "the Authorization header does not carry a well-formed bearer token")
     return token

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
-from scopegate.bearer import bearer_token, organization_id
+from scopegate.bearer import bearer_credentials, check_format, organization_id
 from scopegate.errors import RESPONSES, BadPath, NoRoute, Reason, Rejection
 from scopegate.policy import ORGANIZATION_CHECKED, decide
 from scopegate.request import Headers, RequestFacts
@@ -46,7 +46,6 @@ AUDITABLE = frozenset(
 ALLOW, DENY, AUDIT_DENY = "allow", "deny", "audit_deny"
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_HEADER_SAFE = re.compile(r"[ -~]*")
 _VISIBLE_ASCII = "".join(map(chr, range(0x20, 0x7F)))
 _LOGGED_PATH_MAX = 512
 
@@ -73,9 +72,10 @@ class BearerCredentials:
         self._verifier = verifier
 
     def claims(self, headers: Headers) -> Claims | Awaitable[Claims]:
-        token = bearer_token(headers)
-        cached = self._verifier.cached(token)
-        return cached if cached is not None else self._verifier.verify(token)
+        credentials = bearer_credentials(headers)
+        # A remembered token passed the format check when it was verified: only a new one is checked again.
+        cached = self._verifier.cached(credentials)
+        return cached if cached is not None else self._verifier.verify(check_format(credentials))
 
 
 @dataclass(slots=True)
@@ -214,7 +214,8 @@ def _identity(route: RouteRule, claims: Claims, organization: str | None) -> tup
 
 def header_value(value: str) -> str:
     """Claims are attacker-influenced text: anything outside visible ASCII is percent-encoded, never passed raw."""
-    return value if _HEADER_SAFE.fullmatch(value) else quote(value, safe=_VISIBLE_ASCII)
+    # For ASCII text, isprintable() is exactly "space or visible": no control character, no DEL.
+    return value if value.isascii() and value.isprintable() else quote(value, safe=_VISIBLE_ASCII)
 
 
 def split_target(target: str) -> tuple[str, str]:

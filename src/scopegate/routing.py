@@ -144,7 +144,10 @@ class PathTemplate:
         found = self.regex.fullmatch(path)
         if found is None:
             return None
-        return {name: unquote(value, errors="replace") for name, value in found.groupdict().items()}
+        params = found.groupdict()
+        if "%" in path:
+            return {name: unquote(value, errors="replace") for name, value in params.items()}
+        return params
 
 
 def compile_template(template: str) -> PathTemplate:

@@ -23,7 +23,7 @@ from scopegate.app import Gateway, create_admin_app
 from scopegate.config import Config, HostPort, load_config
 from scopegate.errors import ConfigError
 from scopegate.http1 import Http1Server
-from scopegate.observability import Metrics, configure_logging
+from scopegate.observability import Metrics, batch_logs_in, configure_logging
 
 log = structlog.get_logger("scopegate")
 
@@ -184,6 +184,7 @@ async def run_until_signalled(server: Server, *, on_started: Callable[[Server], 
     watcher = None
     if source is not None:
         watcher = asyncio.create_task(ConfigWatcher(source, server.reload, lambda: server.attempted_digest).run())
+    batch_logs_in(loop)
     try:
         await server.start()
         if on_started is not None:
@@ -197,4 +198,5 @@ async def run_until_signalled(server: Server, *, on_started: Callable[[Server], 
         await server.drain()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        batch_logs_in(None)
     return 0

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 
 from scopegate.app import create_admin_app
 from scopegate.config import Config, load_config
-from scopegate.observability import Metrics, configure_logging
+from scopegate.observability import Metrics, configure_logging, tag_worker
 
 log = structlog.get_logger("scopegate")
 
@@ -40,7 +40,7 @@ def worker_main(config_path: str) -> None:
 
     config = load_config(config_path)
     configure_logging(config.log_level)
-    structlog.contextvars.bind_contextvars(worker_pid=os.getpid())  # which worker wrote each log line
+    tag_worker(os.getpid())  # which worker wrote each log line
     use_uvloop()
     server = Server(config, Metrics(process=False), admin=False, reuse_port=True)
     asyncio.run(run_until_signalled(server))
