@@ -43,6 +43,8 @@ from scopegate.responses import SERVER_HEADER
 BODY_HIGH_WATER = 256 * 1024
 # What a request head may take beyond its line and fields: CRLFs, colons, the version.
 _HEAD_SLACK = 1024
+# What a closing connection still reads and drops of a body the client keeps sending after its answer.
+_LINGER_BYTES = 1 << 20
 # How often deadlines are checked: coarse on purpose, since a timer per request would cost more than the checks.
 _SWEEP_SECONDS = 0.25
 
@@ -156,19 +158,29 @@ class IncomingRequest:
         "facts",
         "framing",
         "keep_alive",
+        "left_mid_body",
+        "method_bytes",
         "version",
     )
 
     def __init__(
-        self, connection: ClientConnection, facts: RequestFacts, framing: Framing, version: str, keep_alive: bool
+        self,
+        connection: ClientConnection,
+        facts: RequestFacts,
+        framing: Framing,
+        version: str,
+        keep_alive: bool,
+        method_bytes: bytes,
     ) -> None:
         self._connection = connection
         self.facts = facts
+        self.method_bytes = method_bytes
         self.framing = framing
         self.version = version
         self.keep_alive = keep_alive
         self.complete = False  # the whole body (or, for an upgrade, the head) has arrived
         self.broken: BadRequest | None = None
+        self.left_mid_body = False  # broken because the client went away, not by what it sent
         self.body_bytes = 0
         self._buffer: list[bytes] = []
         self._buffered = 0
@@ -186,7 +198,7 @@ class IncomingRequest:
             consumer.body(data)
         self._connection.resume_reading(_PAUSED_BY_BUFFER)
         if self.broken is not None:
-            consumer.body_broken(self.broken)
+            consumer.body_broken(self.failure)
         elif self.complete and not self.framing.websocket:
             consumer.body_end()
 
@@ -198,7 +210,8 @@ class IncomingRequest:
         self.body_bytes += len(data)
         limit = self._connection.limits.max_body_bytes
         if limit is not None and self.body_bytes > limit and not self.framing.websocket:
-            self.fail(BadRequest("body_too_large", f"the request body is larger than {limit} bytes", status=413))
+            error = BadRequest("body_too_large", f"the request body is larger than {limit} bytes", status=413)
+            self._connection.body_too_large(self, error)
             return
         if self._consumer is not None:
             self._consumer.body(data)
@@ -209,6 +222,8 @@ class IncomingRequest:
             self._connection.pause_reading(_PAUSED_BY_BUFFER)
 
     def ended(self) -> None:
+        if self.broken is not None:
+            return  # a body cut off by an error never completes, whatever the parser reaches later
         self.complete = True
         if self._consumer is not None and not self.framing.websocket:
             self._consumer.body_end()
@@ -218,8 +233,14 @@ class IncomingRequest:
         if self.complete or self.broken is not None:
             return
         self.broken = error or BadRequest("client_closed_mid_body", "the client closed the connection mid-body")
+        self.left_mid_body = error is None
         if self._consumer is not None:
             self._consumer.body_broken(error)
+
+    @property
+    def failure(self) -> BadRequest | None:
+        """What broke the body, for a `BodyConsumer`: None when the client went away."""
+        return None if self.left_mid_body else self.broken
 
 
 class _Refusal:
@@ -247,6 +268,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.local = ""
+        self.peer_bytes = self.local_bytes = self.forwarded_for = b""
         self._active: IncomingRequest | None = None
         self._parsing: IncomingRequest | None = None
         self._queue: deque[IncomingRequest | _Refusal] = deque()
@@ -263,7 +285,10 @@ class ClientConnection(asyncio.Protocol):
         self._upgraded = False
         self._finished_reading = False  # a framing error or an upgrade: no more requests from these bytes
         self._closing = False  # close once the response in progress is done
+        self._halted = False  # parsing was stopped on purpose (closing): not a framing error
+        self._dispatching = False
         self._discard_budget = 0  # bytes still accepted and dropped while lingering before a close
+        self.cut_at_shutdown = False  # still busy when the drain's grace period ended
         self.deadline = 0.0
         self.deadline_kind = _HEAD
 
@@ -275,6 +300,9 @@ class ClientConnection(asyncio.Protocol):
         local = self.transport.get_extra_info("sockname")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
         self.local = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else ""
+        self.peer_bytes = self.peer.encode("ascii")
+        self.local_bytes = self.local.encode("ascii")
+        self.forwarded_for = b"X-Forwarded-For: %s\r\n" % self.peer_bytes  # for requests that bring none
         self._server.connections.add(self)
         self._set_deadline(_HEAD, self.limits.request_header_timeout_seconds)
         if self._server.draining:
@@ -293,12 +321,16 @@ class ClientConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._upgrade(data[upgrade.args[0] :])
-            return
         except httptools.HttpParserError as exc:
-            self._framing_failed(self._error or BadRequest("malformed_request", _parser_message(exc)))
-            return
-        if self._counting_head and self._head_bytes > self._head_limit():
-            self._framing_failed(self._head_too_large())
+            if not self._halted:
+                self._framing_failed(self._error or BadRequest("malformed_request", _parser_message(exc)))
+        else:
+            if self._counting_head and self._head_bytes > self._head_limit():
+                self._framing_failed(self._head_too_large())
+        # Requests start only once the whole read is parsed: an error later in the same bytes (a broken chunk, a
+        # malformed request behind it) is known before anything goes upstream, and no request starts from inside
+        # the parser.
+        self._dispatch()
 
     def eof_received(self) -> bool | None:
         if self._upgraded:
@@ -341,6 +373,8 @@ class ClientConnection(asyncio.Protocol):
     # --- parser callbacks --------------------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._finished_reading or self._closing:
+            self._halt()  # the connection closes after what is under way: what follows is not read as a request
         self._url = []
         self._fields = []
         self._line_bytes = self._header_bytes = 0
@@ -349,6 +383,8 @@ class ClientConnection(asyncio.Protocol):
             self._set_deadline(_HEAD, self.limits.request_header_timeout_seconds)
 
     def on_url(self, part: bytes) -> None:
+        if not self._url:  # the method, two spaces, `HTTP/1.1` and CRLF belong to the line too
+            self._line_bytes = len(self._parser.get_method()) + 12
         self._line_bytes += len(part)
         if self._line_bytes > self.limits.max_request_line_bytes:
             self._stop(self._line_too_long())
@@ -364,7 +400,8 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._counting_head = self._head_started = False
         parser = self._parser
-        method = parser.get_method().decode("ascii")
+        method_bytes = parser.get_method()
+        method = method_bytes.decode("ascii")
         version = parser.get_http_version()
         try:
             framing = read_framing(self._fields, version, parser.should_upgrade(), self.limits)
@@ -372,14 +409,11 @@ class ClientConnection(asyncio.Protocol):
             self._stop(exc)
         target = b"".join(self._url).decode("latin-1")
         facts = RequestFacts(method, target, Headers(self._fields))
+        self._fields = []  # llhttp reports trailers through on_header too: they land here and are dropped
         keep_alive = parser.should_keep_alive() and not (parser.should_upgrade() and not framing.websocket)
-        request = IncomingRequest(self, facts, framing, version, keep_alive)
+        request = IncomingRequest(self, facts, framing, version, keep_alive, method_bytes)
         self._parsing = request
-        if self._active is None and not self._queue:
-            self._start(request)
-        else:
-            self._queue.append(request)
-            self.pause_reading(_PAUSED_BY_PIPELINE)
+        self._queue.append(request)
 
     def on_body(self, data: bytes) -> None:
         parsing = self._parsing
@@ -401,7 +435,13 @@ class ClientConnection(asyncio.Protocol):
     def reusable_after(self, request: IncomingRequest) -> bool:
         """Can the connection carry another request once this one's response is done? (Decided before the
         response head is written: it says `Connection: close` otherwise.)"""
-        return request.keep_alive and not self._closing and not self._server.draining and not request.framing.websocket
+        return (
+            request.keep_alive
+            and request.broken is None
+            and not self._closing
+            and not self._server.draining
+            and not request.framing.websocket
+        )
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -422,16 +462,16 @@ class ClientConnection(asyncio.Protocol):
         self._active = None
         self.resume_reading(_PAUSED_BY_CONSUMER)
         if not keep_alive or not request.complete or self._closing or self._server.draining:
-            self.close_after_writing()
+            # What the client still sends (a body, pipelined requests) is read and dropped for a moment, so that it
+            # reads its answer rather than a connection reset.
+            self.close_after_writing(linger_budget=_LINGER_BYTES)
             return
-        if self._queue:
-            self._next_from_queue()
-            return
-        self.resume_reading(_PAUSED_BY_PIPELINE)
-        if self._head_started:
-            self._set_deadline(_HEAD, self.limits.request_header_timeout_seconds)
-        else:
-            self._set_deadline(_IDLE, self.limits.keepalive_timeout_seconds)
+        self._dispatch()
+        if self._active is None:
+            if self._head_started:
+                self._set_deadline(_HEAD, self.limits.request_header_timeout_seconds)
+            else:
+                self._set_deadline(_IDLE, self.limits.keepalive_timeout_seconds)
 
     def close_after_writing(self, linger_budget: int = 0) -> None:
         """Close once what is written has gone out; meanwhile read and drop up to `linger_budget` bytes, so a client
@@ -484,33 +524,42 @@ class ClientConnection(asyncio.Protocol):
             self._framing_failed(
                 BadRequest("request_header_timeout", "the request head did not arrive in time", status=408)
             )
+            self._dispatch()
         elif kind in (_HEAD, _IDLE, _LINGER):
             self.transport.close()
 
     # --- internals ---------------------------------------------------------------------------------------------
 
-    def _start(self, request: IncomingRequest) -> None:
-        self._active = request
-        self._set_deadline(_BUSY, 0.0)
-        self._handler.handle(self, request)
-
-    def _next_from_queue(self) -> None:
-        item = self._queue.popleft()
-        if not self._queue:
-            self.resume_reading(_PAUSED_BY_PIPELINE)
-        if isinstance(item, _Refusal):
-            self._refuse_now(item)
+    def _dispatch(self) -> None:
+        """Start the next request when none is under way. A loop, not recursion: a request answered at once ends
+        inside `_start`, and a read may hold hundreds of pipelined requests."""
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self._active is None and self._queue and not self.closed:
+                item = self._queue.popleft()
+                if isinstance(item, _Refusal):
+                    self._refuse_now(item)
+                    break
+                self._active = item
+                self._set_deadline(_BUSY, 0.0)
+                self._handler.handle(self, item)
+        finally:
+            self._dispatching = False
+        if self._queue:
+            self.pause_reading(_PAUSED_BY_PIPELINE)  # requests wait their turn: read no more until they had it
         else:
-            self._start(item)
+            self.resume_reading(_PAUSED_BY_PIPELINE)
 
     def _refuse_now(self, refusal: _Refusal) -> None:
         self._queue.clear()
         self._closing = self._finished_reading = True
         self._handler.refuse(self, refusal.error, refusal.method)
-        self.close_after_writing(linger_budget=64 * 1024)
+        self.close_after_writing(linger_budget=_LINGER_BYTES)
 
     def _framing_failed(self, error: BadRequest) -> None:
-        """Nothing more from this connection can be trusted: answer in turn, then close."""
+        """Nothing more from this connection can be trusted: answer in turn (the caller dispatches), then close."""
         self._finished_reading = True
         self.pause_reading(_PAUSED_BY_CLOSING)
         parsing, self._parsing = self._parsing, None
@@ -522,11 +571,20 @@ class ClientConnection(asyncio.Protocol):
                 return
             with contextlib.suppress(ValueError):
                 self._queue.remove(parsing)
-        refusal = _Refusal(error, method)
-        if self._active is None and not self._queue:
-            self._refuse_now(refusal)
+        self._queue.append(_Refusal(error, method))
+
+    def body_too_large(self, request: IncomingRequest, error: BadRequest) -> None:
+        """A body grew past the limit while being parsed: a framing failure of that request."""
+        if request is self._parsing:
+            self._framing_failed(error)
         else:
-            self._queue.append(refusal)
+            request.fail(error)
+
+    def _halt(self) -> NoReturn:
+        """Stop llhttp quietly: nothing more on this connection is read as a request."""
+        self._halted = self._finished_reading = True
+        self.pause_reading(_PAUSED_BY_CLOSING)
+        raise _StopParsing("halted")
 
     def _method_so_far(self) -> str:
         try:
@@ -689,6 +747,7 @@ class Http1Server:
                 await asyncio.wait_for(self._all_closed.wait(), grace_seconds)
         cut = list(self.connections)
         for connection in cut:
+            connection.cut_at_shutdown = True
             connection.cut()
         if self._sweeper is not None:
             self._sweeper.cancel()

@@ -112,6 +112,7 @@ class Pipeline:
                 return
             verdict = finished.result()
             if connection.closed:
+                verdict.detail = _gone_detail(connection, verdict.detail)
                 self._observe(verdict, _CLIENT_GONE, started, None)
             else:
                 self._act(connection, request, verdict, rules, started)
@@ -156,7 +157,7 @@ class Pipeline:
         elif exchange.broken_by == BROKEN_BY_UPSTREAM:
             verdict.reason, verdict.detail = Reason.UPSTREAM_ERROR, "upstream_broke_off_mid_body"
         elif exchange.broken_by == BROKEN_BY_CLIENT:
-            verdict.detail = "client_closed_mid_body"
+            verdict.detail = _gone_detail(connection, "client_closed_mid_body")
             status = status or _CLIENT_GONE
         self._observe(verdict, status, started, exchange.upstream_seconds)
         connection.finish(request, keep_alive=keep_alive and not exchange.broken_by)
@@ -202,6 +203,10 @@ class Pipeline:
         """Cancel verifications still under way (shutdown)."""
         for task in list(self._pending):
             task.cancel()
+
+
+def _gone_detail(connection: ClientConnection, otherwise: str) -> str:
+    return "cut_at_shutdown" if connection.cut_at_shutdown else otherwise
 
 
 def _encode(shape: RejectionResponse, verdict: Verdict, version: str, keep_alive: bool, head_only: bool) -> bytes:

@@ -68,14 +68,14 @@ _RESPONSE_DROPPED = frozenset(
         b"content-length",
     }
 )
+# Looked at one by one; every other field passes unless it is an identity header or named in Connection.
+_REQUEST_SPECIAL = _REQUEST_DROPPED | {b"host", b"x-forwarded-proto", b"x-forwarded-host"}
 # `X-Auth-*` in any case, with `_` for `-` too: CGI-style servers read `X_Auth_Sub` as `X-Auth-Sub`.
-_IDENTITY_PREFIXES = frozenset(
-    {
-        IDENTITY_HEADER_PREFIX.encode(),
-        IDENTITY_HEADER_PREFIX.replace("-", "_").encode(),
-        b"x_auth-",
-        b"x-auth_",
-    }
+_IDENTITY_PREFIXES = (
+    IDENTITY_HEADER_PREFIX.encode(),
+    IDENTITY_HEADER_PREFIX.replace("-", "_").encode(),
+    b"x_auth-",
+    b"x-auth_",
 )
 # Methods whose request may be sent again when a pooled connection turns out to have been closed by the upstream.
 _RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -101,6 +101,7 @@ class Exchange:
         "_keep_alive",
         "_last_progress",
         "_loop",
+        "_out",
         "_pool",
         "_retried",
         "_started",
@@ -134,7 +135,7 @@ class Exchange:
         self._pool = pool
         self._timeout = timeout
         self._done = done
-        self._loop = asyncio.get_running_loop()
+        self._loop = pool.loop
         self._started = self._last_progress = self._loop.time()
         self._head = upstream_head(request, verdict, pool, client)
         self._upstream: UpstreamConnection | None = None
@@ -145,6 +146,7 @@ class Exchange:
         self._early: list[bytes] = []  # client bytes of a WebSocket before the upstream's 101
         self._keep_alive = False
         self._body_mode = _BODY_NONE
+        self._out: list[bytes] = []  # response bytes for the client, written together once the upstream read is done
         self.status = 0
         self.upstream_seconds: float | None = None
         self.response_started = False
@@ -186,6 +188,10 @@ class Exchange:
 
     def _connected(self, connection: UpstreamConnection) -> None:
         request = self.request
+        if request.broken is not None:  # the body failed while the connection was being found: send nothing
+            self._pool.put_back(connection)
+            self.body_broken(request.failure)
+            return
         self._upstream = connection
         connection.begin(self, head_only=request.method == "HEAD")
         connection.write(self._head)
@@ -274,19 +280,28 @@ class Exchange:
         else:
             mode, framing_line, keep_alive = _BODY_UNTIL_CLOSE, b"", False  # HTTP/1.0 knows no chunked coding
         self._body_mode, self._keep_alive = mode, keep_alive
-        parts = [status_line(status, reason), *_kept_response_fields(fields)]
-        parts.append(framing_line)
-        parts.append(connection_line(keep_alive, request.version))
-        parts.append(b"\r\n")
-        client.write(b"".join(parts))
+        out = self._out
+        out.append(status_line(status, reason))
+        out.extend(_kept_response_fields(fields))
+        out.append(framing_line)
+        out.append(connection_line(keep_alive, request.version))
+        out.append(b"\r\n")
 
     def upstream_body(self, data: bytes) -> None:
         if self.finished:
             return
-        if self._body_mode == _BODY_CHUNKED:
-            self.client.writelines([b"%x\r\n" % len(data), data, b"\r\n"])
-        else:
+        if self._tunnel:
             self.client.write(data)
+        elif self._body_mode == _BODY_CHUNKED:
+            self._out += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            self._out.append(data)
+
+    def upstream_flush(self) -> None:
+        """The upstream's bytes of one read are relayed: send what they made in one write (one system call)."""
+        if self._out:
+            self.client.writelines(self._out)
+            self._out = []
 
     def upstream_end(self) -> None:
         if self.finished:
@@ -296,7 +311,8 @@ class Exchange:
             self._finish()
             return
         if self._body_mode == _BODY_CHUNKED:
-            self.client.write(b"0\r\n\r\n")
+            self._out.append(b"0\r\n\r\n")
+        self.upstream_flush()
         self._finish()
 
     def upstream_upgraded(self, reason: bytes, fields: list[tuple[bytes, bytes, bytes]], rest: bytes) -> None:
@@ -319,6 +335,7 @@ class Exchange:
         if self.finished:
             return
         if self.response_started:
+            self.upstream_flush()
             self.client.cut()  # the status line is out: a short body is all the client can be told
             self._finish(broken_by=BROKEN_BY_UPSTREAM)
         elif self._may_retry():
@@ -363,6 +380,7 @@ class Exchange:
             not self._retried
             and upstream is not None
             and upstream.served > 0
+            and not upstream.answered  # a malformed answer is an answer: only silence may be a stale close
             and self.request.method in _RETRYABLE
             and not self.request.framing.has_body
             and not self.request.framing.websocket
@@ -392,22 +410,29 @@ class Exchange:
         self._done(self)
 
 
+_RESPONSE_SPECIAL = _RESPONSE_DROPPED | {b"server", b"date"}
+_PLAIN_OPTIONS = frozenset({b"keep-alive", b"close", b""})  # Connection options that name no other field
 _TUNNEL_DROPPED = frozenset({b"content-length", b"transfer-encoding", b"keep-alive", b"proxy-connection"})
 
 
 def _kept_response_fields(fields: list[tuple[bytes, bytes, bytes]]) -> list[bytes]:
     """The upstream's end-to-end header fields, plus Server and Date when it sent none."""
-    listed = _listed_in_connection(fields)
     kept = []
     server = date = False
+    connection: list[bytes] = []
     for lower, name, value in fields:
-        if lower in _RESPONSE_DROPPED or lower in listed:
-            continue
-        if lower == b"server":
-            server = True
-        elif lower == b"date":
-            date = True
+        if lower in _RESPONSE_SPECIAL:
+            if lower == b"server":
+                server = True
+            elif lower == b"date":
+                date = True
+            else:
+                if lower == b"connection" and value.strip().lower() not in _PLAIN_OPTIONS:
+                    connection.append(value)  # the common `Connection: keep-alive` names no field
+                continue
         kept.append(b"%s: %s\r\n" % (name, value))
+    if connection:
+        kept = _without_listed(kept, connection)
     if not server:
         kept.append(SERVER_LINE)
     if not date:
@@ -415,13 +440,12 @@ def _kept_response_fields(fields: list[tuple[bytes, bytes, bytes]]) -> list[byte
     return kept
 
 
-def _listed_in_connection(fields: list[tuple[bytes, bytes, bytes]]) -> frozenset[bytes]:
-    """Header names the Connection header lists: hop-by-hop for this message too (RFC 9110 section 7.6.1)."""
-    tokens: set[bytes] = set()
-    for lower, _, value in fields:
-        if lower == b"connection":
-            tokens.update(token.strip().lower() for token in value.split(b","))
-    return frozenset(tokens)
+def _without_listed(kept: list[bytes], connection: list[bytes]) -> list[bytes]:
+    """Drop the fields the Connection header lists: hop-by-hop for this message too (RFC 9110 section 7.6.1)."""
+    listed = {token.strip().lower() for value in connection for token in value.split(b",")} - _PLAIN_OPTIONS
+    if not listed:
+        return kept
+    return [line for line in kept if line.split(b":", 1)[0].lower() not in listed]
 
 
 def _declared_length(framing: ResponseFraming) -> bytes:
@@ -433,41 +457,51 @@ def _declared_length(framing: ResponseFraming) -> bytes:
 def upstream_head(request: IncomingRequest, verdict: Verdict, pool: UpstreamPool, client: ClientConnection) -> bytes:
     """The request head sent upstream: the client's end-to-end fields, then X-Forwarded-*, X-Request-Id, identity."""
     framing = request.framing
-    target = pool.base_path + verdict.path + ("?" + verdict.query if verdict.query else "")
-    parts = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), target.encode("latin-1"))]
-    forwarded_for: list[bytes] = []
+    query = verdict.query
+    target = pool.base_path + verdict.path + ("?" + query if query else "")
+    parts = [b"%s %s HTTP/1.1\r\n" % (request.method_bytes, target.encode("latin-1"))]
+    append = parts.append
+    earlier: list[bytes] = []
     host = proto = forwarded_host = b""
     listed = framing.connection_tokens
     for lower, name, value in request.facts.headers.fields():
-        if lower in _REQUEST_DROPPED or lower in listed or lower[:7] in _IDENTITY_PREFIXES:
-            if lower == b"x-forwarded-for":
-                forwarded_for.append(value)
+        if lower in _REQUEST_SPECIAL:
+            if lower in listed:
+                continue
+            if lower == b"host":
+                host = value
+            elif lower == b"x-forwarded-proto":
+                proto = value
+            elif lower == b"x-forwarded-host":
+                forwarded_host = value
+            else:
+                if lower == b"x-forwarded-for":
+                    earlier.append(value)
+                continue
+        elif lower.startswith(_IDENTITY_PREFIXES) or lower in listed:
             continue
-        if lower == b"host":
-            host = value
-        elif lower == b"x-forwarded-proto":
-            proto = value
-        elif lower == b"x-forwarded-host":
-            forwarded_host = value
-        parts.append(b"%s: %s\r\n" % (name, value))
+        append(b"%s: %s\r\n" % (name, value))
     if not host:
-        parts.append(b"Host: %s\r\n" % pool.authority.encode("ascii"))
-    peer = client.peer.encode("ascii")
-    parts.append(b"X-Forwarded-For: %s\r\n" % (b", ".join([*forwarded_for, peer])))
+        append(pool.host_line)
+    if earlier:
+        append(b"X-Forwarded-For: %s, %s\r\n" % (b", ".join(earlier), client.peer_bytes))
+    else:
+        append(client.forwarded_for)
     # Behind an Ingress that terminated TLS these already say https and the public host: keep them.
     if not proto:
-        parts.append(b"X-Forwarded-Proto: http\r\n")
+        append(b"X-Forwarded-Proto: http\r\n")
     if not forwarded_host:
-        parts.append(b"X-Forwarded-Host: %s\r\n" % (host or client.local.encode("ascii")))
-    parts.append(b"X-Request-Id: %s\r\n" % verdict.request_id.encode("ascii"))
-    parts.extend(f"{name}: {value}\r\n".encode("latin-1") for name, value in verdict.identity)
+        append(b"X-Forwarded-Host: %s\r\n" % (host or client.local_bytes))
+    identity = "".join([f"{name}: {value}\r\n" for name, value in verdict.identity])
+    append(f"X-Request-Id: {verdict.request_id}\r\n{identity}".encode("latin-1"))
     if framing.websocket:
-        parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
+        append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
     elif framing.chunked:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
+        append(b"Transfer-Encoding: chunked\r\n\r\n")
     elif framing.content_length is not None:
-        parts.append(b"Content-Length: %d\r\n" % framing.content_length)
+        append(b"Content-Length: %d\r\n\r\n" % framing.content_length)
     elif request.method in _BODYLESS_LENGTH:
-        parts.append(b"Content-Length: 0\r\n")
-    parts.append(b"\r\n")
+        append(b"Content-Length: 0\r\n\r\n")
+    else:
+        append(b"\r\n")
     return b"".join(parts)

@@ -38,6 +38,10 @@ class ResponseConsumer(Protocol):
 
     def upstream_body(self, data: bytes) -> None: ...
 
+    def upstream_flush(self) -> None:
+        """One read from the upstream is parsed: relay what it produced."""
+        ...
+
     def upstream_end(self) -> None: ...
 
     def upstream_upgraded(self, reason: bytes, fields: list[tuple[bytes, bytes, bytes]], rest: bytes) -> None:
@@ -85,6 +89,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._poisoned = False
         self._tunnel = False
         self.served = 0  # exchanges completed on this connection: a failure on a reused one may be a stale close
+        self.answered = False  # the exchange under way has received bytes from the upstream
 
     # --- for the exchange -------------------------------------------------------------------------------------
 
@@ -92,7 +97,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Carry one exchange; `head_only` for a HEAD request, whose response has no body whatever it declares."""
         self._consumer = consumer
         self._head_only = head_only
-        self._ended = self._final = False
+        self._ended = self._final = self.answered = False
         self._framing = None
         self._upgrade_head = None
 
@@ -124,6 +129,9 @@ class UpstreamConnection(asyncio.Protocol):
         framing = self._framing
         if clean and framing is not None and framing.keep_alive and not framing.until_close:
             self._fields = []
+            if self._head_only:
+                # llhttp still waits for the body a HEAD response declared: the next response needs a fresh parser.
+                self._parser = httptools.HttpResponseParser(self)
             self._pool.put_back(self)
         else:
             self.close()
@@ -152,6 +160,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._poisoned = True  # bytes nobody asked for: this connection's framing can't be trusted any more
             self.close()
             return
+        self.answered = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -159,10 +168,14 @@ class UpstreamConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError as exc:
             self._poisoned = True
-            self._fail(f"malformed_response: {exc.args[0] if exc.args else type(exc).__name__}")
-            return
-        if self._ended and self._consumer is consumer:
-            consumer.upstream_end()
+            if not self._ended:  # after the end, the garbage only costs the connection its reuse
+                self._fail(f"malformed_response: {exc.args[0] if exc.args else type(exc).__name__}")
+                return
+        if self._consumer is consumer:
+            if self._ended:
+                consumer.upstream_end()
+            else:
+                consumer.upstream_flush()
 
     def eof_received(self) -> bool | None:
         consumer = self._consumer
@@ -298,6 +311,7 @@ class UpstreamPool:
         self.authority = self.host if default_port else f"{self.host}:{self.port}"
         if ":" in self.host:
             self.authority = f"[{self.host}]" + ("" if default_port else f":{self.port}")
+        self.host_line = f"Host: {self.authority}\r\n".encode("ascii")  # for requests that bring none
         self._ssl = ssl.create_default_context() if self.https else None
         self._max = max_connections
         self._idle_seconds = idle_seconds
@@ -306,6 +320,14 @@ class UpstreamPool:
         self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
         self._closed = False
         self._reaper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the pool works in, looked up once (each lookup is a getpid() call on Python 3.11)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     def take_idle(self) -> UpstreamConnection | None:
         """A pooled connection ready for a request, or None (then `open` one)."""
@@ -319,7 +341,7 @@ class UpstreamPool:
     async def open(self) -> UpstreamConnection:
         """A new connection, or (at the limit) the first one another exchange releases."""
         while self._open >= self._max:
-            waiter: asyncio.Future[UpstreamConnection | None] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[UpstreamConnection | None] = self.loop.create_future()
             self._waiters.append(waiter)
             handed = await waiter
             if handed is not None:
@@ -328,8 +350,7 @@ class UpstreamPool:
                 break
         self._open += 1
         try:
-            loop = asyncio.get_running_loop()
-            _, connection = await loop.create_connection(
+            _, connection = await self.loop.create_connection(
                 lambda: UpstreamConnection(self),
                 self.host,
                 self.port,
@@ -351,7 +372,7 @@ class UpstreamPool:
             if not waiter.done():
                 waiter.set_result(connection)
                 return
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self._idle.append((connection, loop.time()))
         if self._reaper is None:
             self._reaper = loop.call_later(self._idle_seconds, self._reap)
@@ -382,7 +403,7 @@ class UpstreamPool:
     def _reap(self) -> None:
         """Close connections idle for longer than `idle_seconds`: the upstream may drop them any moment now."""
         self._reaper = None
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         cutoff = loop.time() - self._idle_seconds
         keep = [(connection, since) for connection, since in self._idle if since > cutoff]
         for connection, since in self._idle:
