@@ -372,6 +372,28 @@ async def test_sigterm_drains_in_flight_requests_then_exits_0(site: Site, issuer
     ]
 
 
+async def test_the_drain_ends_at_the_grace_period_and_logs_what_it_cut(site: Site, issuer: IssuerServer) -> None:
+    """An upstream that never answers cannot hold the drain past `shutdown_grace_seconds`: the request is cut and
+    logged, the process exits 0 (the stop limit is far below the 30 s the upstream would take)."""
+    site.write(grace=1, timeout=60)
+    token = issuer.issuer.mint(resource=API)
+    async with site.run() as cli, aiohttp.ClientSession() as session:
+        hung = asyncio.create_task(status_of(session, cli.proxy + "/slow/30", bearer(token)))
+
+        async def one_in_flight() -> bool:
+            return metric(await scrape(session, cli.admin), "scopegate_inflight_requests") == 1
+
+        await eventually(one_in_flight, limit=5)
+        cli.signal(signal.SIGTERM)
+        assert await cli.stop(limit=15) == 0
+        with pytest.raises(aiohttp.ClientError):
+            await asyncio.wait_for(hung, timeout=5)
+    cut = [line for line in cli.events("decision") if line["path"] == "/slow/30"]
+    assert [(line["route"], line["status"], line["detail"]) for line in cut] == [("echo-slow", 499, "cut_at_shutdown")]
+    assert cut[0]["request_id"]
+    assert [line["connections"] for line in cli.events("drain_cut")] == [1]
+
+
 # --- audit mode -------------------------------------------------------------------------------------------------
 
 
