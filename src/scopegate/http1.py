@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import NoReturn, Protocol, cast
+from typing import NoReturn, Protocol
 
 import httptools
 
@@ -38,6 +38,7 @@ from scopegate.config import Limits
 from scopegate.errors import BadRequest
 from scopegate.request import Headers, RequestFacts
 from scopegate.responses import SERVER_HEADER
+from scopegate.transport import Connection
 
 # Buffer a request body up to this much while nobody consumes it yet (the decision is pending), then pause reading.
 BODY_HIGH_WATER = 256 * 1024
@@ -257,7 +258,7 @@ class _StopParsing(Exception):
     """Raised from a parser callback to stop llhttp; the reason is in `ClientConnection._error`."""
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(Connection):
     """One client connection on the proxy port."""
 
     def __init__(self, server: Http1Server) -> None:
@@ -265,7 +266,6 @@ class ClientConnection(asyncio.Protocol):
         self.limits = server.limits
         self._handler = server.handler
         self._parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.local = ""
         self.peer_bytes = self.local_bytes = self.forwarded_for = b""
@@ -295,9 +295,9 @@ class ClientConnection(asyncio.Protocol):
     # --- asyncio.Protocol --------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
-        peer = self.transport.get_extra_info("peername")
-        local = self.transport.get_extra_info("sockname")
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
         self.local = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else ""
         self.peer_bytes = self.peer.encode("ascii")
@@ -428,10 +428,6 @@ class ClientConnection(asyncio.Protocol):
 
     # --- for the handler and the exchange ----------------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        return self.transport is None or self.transport.is_closing()
-
     def reusable_after(self, request: IncomingRequest) -> bool:
         """Can the connection carry another request once this one's response is done? (Decided before the
         response head is written: it says `Connection: close` otherwise.)"""
@@ -442,14 +438,6 @@ class ClientConnection(asyncio.Protocol):
             and not self._server.draining
             and not request.framing.websocket
         )
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def writelines(self, parts: list[bytes]) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(parts)
 
     @property
     def write_paused(self) -> bool:

@@ -35,9 +35,8 @@ from scopegate.http1 import (
 )
 from scopegate.upstream import ResponseFraming, UpstreamConnection, UpstreamPool
 
-# RFC 9110 section 7.6.1, plus the non-standard Proxy-Connection some clients still send. `expect` is answered by
-# scopegate itself (100 Continue once the request is authorized), `content-length` is re-stated from the framing.
-_REQUEST_DROPPED = frozenset(
+# RFC 9110 section 7.6.1, plus the non-standard Proxy-Connection some clients still send.
+HOP_BY_HOP = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -48,26 +47,12 @@ _REQUEST_DROPPED = frozenset(
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
-        b"expect",
-        b"content-length",
-        b"x-request-id",
-        b"x-forwarded-for",
     }
 )
-_RESPONSE_DROPPED = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-    }
-)
+# `expect` is answered by scopegate itself (100 Continue once the request is authorized), `content-length` is
+# re-stated from the framing, `x-request-id` and `x-forwarded-for` are scopegate's to set.
+_REQUEST_DROPPED = HOP_BY_HOP | {b"expect", b"content-length", b"x-request-id", b"x-forwarded-for"}
+_RESPONSE_DROPPED = HOP_BY_HOP | {b"content-length"}
 # Looked at one by one; every other field passes unless it is an identity header or named in Connection.
 _REQUEST_SPECIAL = _REQUEST_DROPPED | {b"host", b"x-forwarded-proto", b"x-forwarded-host"}
 # `X-Auth-*` in any case, with `_` for `-` too: CGI-style servers read `X_Auth_Sub` as `X-Auth-Sub`.
@@ -464,7 +449,7 @@ def upstream_head(request: IncomingRequest, verdict: Verdict, pool: UpstreamPool
     earlier: list[bytes] = []
     host = proto = forwarded_host = b""
     listed = framing.connection_tokens
-    for lower, name, value in request.facts.headers.fields():
+    for lower, name, value in request.facts.headers.fields:
         if lower in _REQUEST_SPECIAL:
             if lower in listed:
                 continue
@@ -492,8 +477,9 @@ def upstream_head(request: IncomingRequest, verdict: Verdict, pool: UpstreamPool
         append(b"X-Forwarded-Proto: http\r\n")
     if not forwarded_host:
         append(b"X-Forwarded-Host: %s\r\n" % (host or client.local_bytes))
-    identity = "".join([f"{name}: {value}\r\n" for name, value in verdict.identity])
-    append(f"X-Request-Id: {verdict.request_id}\r\n{identity}".encode("latin-1"))
+    lines = [f"X-Request-Id: {verdict.request_id}\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in verdict.identity)
+    append("".join(lines).encode("latin-1"))
     if framing.websocket:
         append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
     elif framing.chunked:

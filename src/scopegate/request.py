@@ -10,19 +10,21 @@ forwarded byte for byte; the decision reads them as latin-1 text, which maps eve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 
 class Headers:
-    """Header fields in arrival order; lookups are case-insensitive and return every value of a repeated field."""
+    """Header fields in arrival order; lookups are case-insensitive and return every value of a repeated field.
 
-    __slots__ = ("_fields",)
+    `fields` holds (lower-cased name, name as sent, value) triples, as the framing layer filled them.
+    """
+
+    __slots__ = ("fields",)
 
     def __init__(self, fields: list[tuple[bytes, bytes, bytes]] | None = None) -> None:
-        """`fields` are (lower-cased name, name as sent, value) triples, filled by the framing layer."""
-        self._fields = fields if fields is not None else []
+        self.fields = fields if fields is not None else []
 
     @classmethod
     def of(cls, pairs: Iterable[tuple[str, str]]) -> Headers:
@@ -35,23 +37,32 @@ class Headers:
 
     def getall(self, name: str) -> list[str]:
         """Every value of the field `name` (any case), in arrival order; [] when absent."""
-        key = name.lower().encode("latin-1")
-        return [value.decode("latin-1") for lower, _, value in self._fields if lower == key]
+        key = _key(name)
+        return [value.decode("latin-1") for lower, _, value in self.fields if lower == key]
 
     def get(self, name: str) -> str | None:
         """The first value of `name`, or None."""
-        key = name.lower().encode("latin-1")
-        for lower, _, value in self._fields:
+        key = _key(name)
+        for lower, _, value in self.fields:
             if lower == key:
                 return value.decode("latin-1")
         return None
 
-    def fields(self) -> Iterator[tuple[bytes, bytes, bytes]]:
-        """(lower-cased name, name as sent, value) for every field, in arrival order."""
-        return iter(self._fields)
-
     def __len__(self) -> int:
-        return len(self._fields)
+        return len(self.fields)
+
+
+_KEYS: dict[str, bytes] = {}
+
+
+def _key(name: str) -> bytes:
+    """The lower-cased bytes a field name is compared as: the names asked for are few (config, code), so kept."""
+    key = _KEYS.get(name)
+    if key is None:
+        key = name.lower().encode("latin-1")
+        if len(_KEYS) < 1024:
+            _KEYS[name] = key
+    return key
 
 
 @dataclass(slots=True)

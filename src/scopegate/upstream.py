@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from typing import Protocol, cast
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httptools
+
+from scopegate.transport import Connection
 
 # Statuses whose responses never have a body (RFC 9110 sections 6.4.1, 15.3.5, 15.4.5).
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -71,13 +73,12 @@ class ResponseFraming:
         self.keep_alive = keep_alive
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(Connection):
     """One connection to the upstream, carrying one exchange at a time."""
 
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
         self._parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
         self._consumer: ResponseConsumer | None = None
         self._fields: list[tuple[bytes, bytes, bytes]] = []
         self._reason = b""
@@ -100,14 +101,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._ended = self._final = self.answered = False
         self._framing = None
         self._upgrade_head = None
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def writelines(self, parts: list[bytes]) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(parts)
 
     def write_eof(self) -> None:
         if self.transport is not None and not self.transport.is_closing() and self.transport.can_write_eof():
@@ -146,9 +139,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._tunnel = True
 
     # --- asyncio.Protocol -------------------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
 
     def data_received(self, data: bytes) -> None:
         consumer = self._consumer
