@@ -74,8 +74,13 @@ class BearerCredentials:
     def claims(self, headers: Headers) -> Claims | Awaitable[Claims]:
         credentials = bearer_credentials(headers)
         # A remembered token passed the format check when it was verified: only a new one is checked again.
-        cached = self._verifier.cached(credentials)
-        return cached if cached is not None else self._verifier.verify(check_format(credentials))
+        claims = self._verifier.cached(credentials)
+        if claims is not None:
+            return claims
+        token = check_format(credentials)
+        # A new token whose key is cached is verified at once; only one that needs a JWKS fetch is awaited.
+        claims = self._verifier.verify_now(token)
+        return claims if claims is not None else self._verifier.verify(token)
 
 
 @dataclass(slots=True)

@@ -250,13 +250,17 @@ class JwksCache:
         # shield: a caller that gives up (a cancelled request) must not cancel the fetch others are waiting on
         return await asyncio.shield(self._in_flight)
 
-    async def key_for(self, kid: str | None, alg: str) -> PublishedKey:
-        """The key for (kid, alg); an unknown kid triggers at most one refetch per cooldown."""
+    def key_at_hand(self, kid: str | None, alg: str) -> PublishedKey | None:
+        """The key for (kid, alg) among the keys cached now; None when the kid is unknown (a refetch may help)."""
         if alg not in self._algorithms:
             raise InvalidToken(
                 "alg_not_allowed", "the access token is signed with an algorithm this gateway does not accept"
             )
-        key = self._keys.find(kid, alg)
+        return self._keys.find(kid, alg)
+
+    async def key_for(self, kid: str | None, alg: str) -> PublishedKey:
+        """The key for (kid, alg); an unknown kid triggers at most one refetch per cooldown."""
+        key = self.key_at_hand(kid, alg)
         if key is None:
             await self._refetch_after_miss()
             if not self.has_keys:

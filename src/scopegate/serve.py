@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import os
 import signal
@@ -68,6 +69,8 @@ class Server:
         port = await self._proxy.listen(where.host, where.port, reuse_port=self._reuse_port)
         self.bound["proxy"] = HostPort(host=where.host, port=port)
         self.gateway.metrics.config_loaded(self.attempted_digest)
+        # What start-up made lives as long as the process: out of the collector's way, every collection is shorter.
+        gc.freeze()
         log.info(
             "started",
             listen=str(self.bound["proxy"]),

@@ -95,6 +95,11 @@ class KeySource(Protocol):
         `JwksUnavailable`."""
         ...
 
+    def key_at_hand(self, kid: str | None, alg: str) -> PublishedKey | None:
+        """The key when it is known now, without fetching; None when only a fetch could find it (then `key_for`).
+        Raises `InvalidToken` as `key_for` does where no fetch could help."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class _Jws:
@@ -123,7 +128,7 @@ class TokenVerifier:
     token verified before is answered from memory; without one every call verifies in full.
     """
 
-    __slots__ = ("_algorithms", "_cache", "_clock", "_issuer", "_keys", "_leeway", "_max_token_bytes")
+    __slots__ = ("_algorithms", "_cache", "_clock", "_headers", "_issuer", "_keys", "_leeway", "_max_token_bytes")
 
     def __init__(
         self,
@@ -144,6 +149,8 @@ class TokenVerifier:
         self._clock = clock
         self._max_token_bytes = max_token_bytes
         self._cache: TokenCache[VerifiedToken] = cache if cache is not None else TokenCache(0)
+        # Decoded JOSE headers by their base64url text: an issuer's tokens share a handful of headers (one per key).
+        self._headers: dict[str, dict[str, Any]] = {}
 
     @property
     def cache_stats(self) -> CacheStats:
@@ -167,6 +174,23 @@ class TokenVerifier:
             raise
         return entry.claims
 
+    def verify_now(self, token: str) -> Claims | None:
+        """A new token verified without waiting when its key is known (every check is CPU work, so nothing waits):
+        its claims, now remembered; None when only a JWKS fetch could find its key (then `verify`).
+
+        No task, no future: on the event loop nothing else runs meanwhile, so two requests with the same new token
+        are verified once all the same (the second finds the first's entry).
+        """
+        jws = _parse(token, self._max_token_bytes, self._headers)
+        alg, kid = _check_header(jws.header, self._algorithms)
+        key = self._keys.key_at_hand(kid, alg)
+        if key is None:
+            return None
+        verified = self._checked(jws, key)
+        if self._cache.enabled:
+            self._cache.put(token, verified)
+        return verified.claims
+
     async def verify(self, token: str) -> Claims:
         """Full verification (consults the cache first; single-flight; caches success)."""
         claims = self.cached(token)
@@ -178,9 +202,12 @@ class TokenVerifier:
 
     async def _verify(self, token: str) -> VerifiedToken:
         """Syntax, header, key, signature and registered claims, in that order."""
-        jws = _parse(token, self._max_token_bytes)
+        jws = _parse(token, self._max_token_bytes, self._headers)
         alg, kid = _check_header(jws.header, self._algorithms)
-        key = await self._keys.key_for(kid, alg)
+        return self._checked(jws, await self._keys.key_for(kid, alg))
+
+    def _checked(self, jws: _Jws, key: PublishedKey) -> VerifiedToken:
+        """Signature, then the registered claims."""
         _check_signature(key, jws)
         exp, nbf, iat = _check_registered_claims(jws.payload, self._issuer, self._leeway, self._clock())
         return VerifiedToken(claims=_claims(jws.payload, exp), not_before=nbf, issued_at=iat, key=key.identity)
@@ -216,8 +243,8 @@ def _claims(payload: dict[str, Any], expires_at: float) -> Claims:
 # --- syntax ---------------------------------------------------------------------------------------------------
 
 
-def _parse(token: str, max_bytes: int) -> _Jws:
-    """Split the compact serialization and decode each part exactly once."""
+def _parse(token: str, max_bytes: int, headers: dict[str, dict[str, Any]]) -> _Jws:
+    """Split the compact serialization and decode each part exactly once; `headers` remembers decoded headers."""
     if len(token) > max_bytes:  # only ASCII survives `_base64url`, so characters are bytes here
         _reject("oversized")
     parts = token.split(".")
@@ -226,8 +253,14 @@ def _parse(token: str, max_bytes: int) -> _Jws:
     if len(parts) != 3:
         _reject("malformed")
     header_b64, payload_b64, signature_b64 = parts
+    header = headers.get(header_b64)
+    if header is None:
+        header = _json_object(_base64url(header_b64))
+        if len(headers) >= _HEADERS_KEPT:
+            headers.clear()  # made-up headers are many; an issuer's real ones come back at once
+        headers[header_b64] = header
     return _Jws(
-        header=_json_object(_base64url(header_b64)),
+        header=header,  # only read, never changed: one decoded header serves every token that carries it
         payload=_json_object(_base64url(payload_b64)),
         signing_input=f"{header_b64}.{payload_b64}".encode("ascii"),
         signature=_base64url(signature_b64),
@@ -263,11 +296,15 @@ def _no_constants(name: str) -> NoReturn:
     raise ValueError(f"JSON has no {name}")
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_members, parse_constant=_no_constants)
+_HEADERS_KEPT = 64
+
+
 def _json_object(raw: bytes) -> dict[str, Any]:
     """A UTF-8 JSON object (RFC 7493 I-JSON rules): no duplicate members, no NaN/Infinity, no lone surrogates."""
     try:
         text = raw.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_unique_members, parse_constant=_no_constants)
+        value = _DECODER.decode(text)
         if _SURROGATE_ESCAPE.search(text):
             json.dumps(value, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
     except _DuplicateMember:
