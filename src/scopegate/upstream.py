@@ -91,6 +91,7 @@ class UpstreamConnection(Connection):
         self._tunnel = False
         self.served = 0  # exchanges completed on this connection: a failure on a reused one may be a stale close
         self.answered = False  # the exchange under way has received bytes from the upstream
+        self._reading_paused = False
 
     # --- for the exchange -------------------------------------------------------------------------------------
 
@@ -107,11 +108,14 @@ class UpstreamConnection(Connection):
             self.transport.write_eof()
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        """The client is not reading the response: let the upstream wait (TCP back-pressure)."""
+        if not self._reading_paused and self.transport is not None and not self.transport.is_closing():
+            self._reading_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self._reading_paused and self.transport is not None and not self.transport.is_closing():
+            self._reading_paused = False
             self.transport.resume_reading()
 
     def release(self, *, reusable: bool) -> None:
@@ -122,6 +126,7 @@ class UpstreamConnection(Connection):
         framing = self._framing
         if clean and framing is not None and framing.keep_alive and not framing.until_close:
             self._fields = []
+            self.resume_reading()  # a slow client may have paused it as its response ended: the next one must flow
             if self._head_only:
                 # llhttp still waits for the body a HEAD response declared: the next response needs a fresh parser.
                 self._parser = httptools.HttpResponseParser(self)
