@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from conftest import API, IssuerServer, Proxy, ProxyFactory, Running, free_port, make_config, wait_until
+from conftest import API, IssuerServer, Proxy, ProxyFactory, free_port, make_config, wait_until
 
 MiB = 1024 * 1024
 

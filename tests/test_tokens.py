@@ -230,6 +230,8 @@ async def test_token_without_kid_uses_the_only_key_for_its_alg() -> None:
 # --- hostile tokens -------------------------------------------------------------------------------------------
 
 CLAIMS = logto_claims()
+
+
 def standard_alphabet(token: str) -> str:
     """The token in the standard base64 alphabet (`+`, `/` for `-`, `_`), with at least one of those in it: a signature
     without `-` or `_` (about one in sixty) would otherwise leave the token unchanged, and valid."""

@@ -1,35 +1,21 @@
 """HTTP/1.1 on the proxy port: bytes in, requests out one at a time; one protocol object per connection, no tasks.
 
 `ClientConnection` feeds what the client sends to httptools (llhttp, the parser under aiohttp's and uvicorn's fast
-paths) in its strict mode, and hands each complete request head to the `RequestHandler` (the pipeline) once the
-previous response on the connection is done: pipelined requests wait their turn, with reading paused. The request
-body streams to whoever consumes it (`BodyConsumer`: the exchange with the upstream), buffered only until that
-consumer is attached and only up to a high-water mark, after which reading pauses.
+paths) in its strict mode, and hands each complete request to the `RequestHandler` (the pipeline) once the whole
+read is parsed and the previous response on the connection is done: pipelined requests wait their turn, with
+reading paused. The request body streams to whoever consumes it (`BodyConsumer`: the exchange with the upstream),
+buffered only until that consumer is attached and only up to a high-water mark, after which reading pauses.
 
-The framing is ours, so are its attacks. On top of llhttp's strict mode (which refuses Content-Length beside
-Transfer-Encoding, repeated or signed Content-Length, obs-fold, bare CR or LF, control characters in values, bad
-tokens in names, chunk-size overflow, unknown methods) `read_framing` refuses what llhttp lets through:
-
-- a Transfer-Encoding other than exactly `chunked`, or any on HTTP/1.0 (RFC 9112 section 6.1)     -> 400
-- no Host on HTTP/1.1, or more than one Host (RFC 9112 section 3.2)                              -> 400
-- an Expect other than 100-continue                                                               -> 417
-- a version other than HTTP/1.0 and HTTP/1.1                                                      -> 505 (0.9: 400)
-- a Content-Length over `limits.max_body_bytes` (a chunked body is cut when it passes it)         -> 413
-and the connection enforces the size and time limits: request line -> 414, header fields -> 431, a head not
-complete within the header deadline -> 408. Each refusal is answered once, then the connection closes: after a
-framing error nothing more on it can be trusted. `tests/test_framing.py` has one row per trick with its answer.
+The framing rules are `wire.read_framing`; the connection enforces the size and time limits on top: request line
+-> 414, header fields -> 431, a head not complete within the header deadline -> 408. Each refusal is answered once,
+then the connection closes: after a framing error nothing more on it can be trusted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
-from email.utils import formatdate
-from http import HTTPStatus
 from typing import NoReturn, Protocol
 
 import httptools
@@ -37,8 +23,8 @@ import httptools
 from scopegate.config import Limits
 from scopegate.errors import BadRequest
 from scopegate.request import Headers, RequestFacts
-from scopegate.responses import SERVER_HEADER
 from scopegate.transport import Connection
+from scopegate.wire import Framing, read_framing
 
 # Buffer a request body up to this much while nobody consumes it yet (the decision is pending), then pause reading.
 BODY_HIGH_WATER = 256 * 1024
@@ -46,8 +32,6 @@ BODY_HIGH_WATER = 256 * 1024
 _HEAD_SLACK = 1024
 # What a closing connection still reads and drops of a body the client keeps sending after its answer.
 _LINGER_BYTES = 1 << 20
-# How often deadlines are checked: coarse on purpose, since a timer per request would cost more than the checks.
-_SWEEP_SECONDS = 0.25
 
 # Why reading is paused; reading resumes when no reason is left.
 _PAUSED_BY_BUFFER = 1  # a body is buffered up to the high-water mark
@@ -81,68 +65,26 @@ class BodyConsumer(Protocol):
         ...
 
 
+class Listener(Protocol):
+    """What a connection needs of the listener that accepted it (`listener.Http1Server`)."""
+
+    limits: Limits  # for connections from now on: a reload may replace it
+    handler: RequestHandler
+    draining: bool
+
+    def joined(self, connection: ClientConnection) -> None: ...
+
+    def forget(self, connection: ClientConnection) -> None: ...
+
+    def now(self) -> float: ...
+
+
 class RequestHandler(Protocol):
     """What the connection calls: a request whose turn has come, or a framing error to answer (then it closes)."""
 
     def handle(self, connection: ClientConnection, request: IncomingRequest) -> None: ...
 
     def refuse(self, connection: ClientConnection, error: BadRequest, method: str) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Framing:
-    """How a request is framed, read from its header fields once they are complete."""
-
-    content_length: int | None
-    chunked: bool
-    expect_continue: bool
-    websocket: bool  # a WebSocket upgrade: after the head, the connection becomes a byte tunnel
-    connection_tokens: frozenset[bytes]  # lower-cased Connection options: hop-by-hop for this message too
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
-
-
-def read_framing(fields: list[tuple[bytes, bytes, bytes]], version: str, upgrade: bool, limits: Limits) -> Framing:
-    """The request's framing, or `BadRequest` for what llhttp's strict mode lets through but a proxy must not."""
-    if version not in ("1.1", "1.0"):
-        if version.startswith(("0.", "1.")):
-            raise BadRequest("bad_http_version", "the request's HTTP version is not supported")
-        raise BadRequest("unsupported_http_version", "use HTTP/1.1 on this port", status=505)
-    hosts = transfer = expect = 0
-    content_length: int | None = None
-    chunked = expect_continue = False
-    tokens: set[bytes] = set()
-    upgrade_to = b""
-    for lower, _, value in fields:
-        if lower == b"host":
-            hosts += 1
-        elif lower == b"transfer-encoding":
-            transfer += 1
-            chunked = value.strip().lower() == b"chunked"
-        elif lower == b"content-length":
-            content_length = int(value)  # llhttp allows exactly one, digits only
-        elif lower == b"expect":
-            expect += 1
-            expect_continue = value.strip().lower() == b"100-continue"
-        elif lower == b"connection":
-            tokens.update(token.strip().lower() for token in value.split(b","))
-        elif lower == b"upgrade":
-            upgrade_to = value.strip().lower()
-    if hosts > 1 or (hosts == 0 and version == "1.1"):
-        raise BadRequest("host_header", "send exactly one Host header")
-    if transfer and (not chunked or transfer > 1 or version == "1.0"):
-        raise BadRequest("transfer_encoding", "the only Transfer-Encoding accepted is chunked, on HTTP/1.1")
-    if expect and (not expect_continue or expect > 1):
-        raise BadRequest("expectation", "the only expectation supported is 100-continue", status=417)
-    limit = limits.max_body_bytes
-    if limit is not None and content_length is not None and content_length > limit:
-        raise BadRequest("body_too_large", f"the request body is larger than {limit} bytes", status=413)
-    websocket = upgrade and upgrade_to == b"websocket" and b"upgrade" in tokens
-    if upgrade and (chunked or content_length):
-        raise BadRequest("upgrade_with_body", "an upgrade request must not carry a body")
-    return Framing(content_length, chunked, expect_continue and version == "1.1", websocket, frozenset(tokens))
 
 
 class IncomingRequest:
@@ -261,7 +203,7 @@ class _StopParsing(Exception):
 class ClientConnection(Connection):
     """One client connection on the proxy port."""
 
-    def __init__(self, server: Http1Server) -> None:
+    def __init__(self, server: Listener) -> None:
         self._server = server
         self.limits = server.limits
         self._handler = server.handler
@@ -303,7 +245,7 @@ class ClientConnection(Connection):
         self.peer_bytes = self.peer.encode("ascii")
         self.local_bytes = self.local.encode("ascii")
         self.forwarded_for = b"X-Forwarded-For: %s\r\n" % self.peer_bytes  # for requests that bring none
-        self._server.connections.add(self)
+        self._server.joined(self)
         self._set_deadline(_HEAD, self.limits.request_header_timeout_seconds)
         if self._server.draining:
             self.shutdown()
@@ -638,115 +580,3 @@ def _parser_message(exc: httptools.HttpParserError) -> str:
     """llhttp's own reason (a fixed text such as 'Invalid header value char'), made safe for a quoted string."""
     text = str(exc.args[0]) if exc.args else type(exc).__name__
     return "malformed request: " + "".join(ch for ch in text if ch.isalnum() or ch in " -_`:")[:100]
-
-
-# --- responses on the wire -----------------------------------------------------------------------------------
-
-_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in HTTPStatus}
-SERVER_LINE = f"Server: {SERVER_HEADER}\r\n".encode()
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class _DateLine:
-    """The Date header line, formatted once per second rather than once per response."""
-
-    second = 0
-    line = b""
-
-
-def status_line(status: int, reason: bytes | None = None) -> bytes:
-    """`HTTP/1.1 <status> <reason>`: the upstream's own reason phrase when given, else the standard one."""
-    if reason is None:
-        line = _STATUS_LINES.get(status)
-        if line is not None:
-            return line
-        reason = b""
-    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
-
-
-def date_line() -> bytes:
-    now = int(time.time())
-    if now != _DateLine.second:
-        _DateLine.second, _DateLine.line = now, f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
-    return _DateLine.line
-
-
-def encode_response(
-    status: int, headers: Iterable[tuple[str, str]], body: bytes, *, keep_alive: bool, version: str, head_only: bool
-) -> bytes:
-    """A complete response scopegate answers itself (a rejection), framed by Content-Length."""
-    parts = [status_line(status), SERVER_LINE, date_line()]
-    parts.extend(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers)
-    parts.append(b"Content-Length: %d\r\n" % len(body))
-    parts.append(connection_line(keep_alive, version))
-    parts.append(b"\r\n")
-    if not head_only:
-        parts.append(body)
-    return b"".join(parts)
-
-
-def connection_line(keep_alive: bool, version: str) -> bytes:
-    """What to say about the connection: HTTP/1.1 keeps it by default, HTTP/1.0 closes it by default."""
-    if not keep_alive:
-        return b"Connection: close\r\n"
-    return b"Connection: keep-alive\r\n" if version == "1.0" else b""
-
-
-class Http1Server:
-    """The proxy listener: its connections, their deadlines, and draining them on shutdown."""
-
-    def __init__(self, handler: RequestHandler, limits: Limits) -> None:
-        self.handler = handler
-        self.limits = limits  # replaced on reload; a connection keeps the limits it started with
-        self.connections: set[ClientConnection] = set()
-        self.draining = False
-        self._all_closed = asyncio.Event()  # set once draining has no connection left
-        self._server: asyncio.Server | None = None
-        self._sweeper: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def forget(self, connection: ClientConnection) -> None:
-        self.connections.discard(connection)
-        if self.draining and not self.connections:
-            self._all_closed.set()
-
-    def now(self) -> float:
-        assert self._loop is not None
-        return self._loop.time()
-
-    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
-        """Start accepting; returns the bound port (the OS's choice for port 0)."""
-        self._loop = asyncio.get_running_loop()
-        self._server = await self._loop.create_server(
-            lambda: ClientConnection(self), host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024
-        )
-        self._sweeper = asyncio.create_task(self._sweep(), name="http1-deadlines")
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def drain(self, grace_seconds: float) -> list[ClientConnection]:
-        """Stop accepting, close idle connections, give busy ones `grace_seconds`; returns those cut at the end."""
-        self.draining = True
-        if self._server is not None:
-            self._server.close()
-        for connection in list(self.connections):
-            connection.shutdown()
-        if self.connections:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), grace_seconds)
-        cut = list(self.connections)
-        for connection in cut:
-            connection.cut_at_shutdown = True
-            connection.cut()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        return cut
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(_SWEEP_SECONDS)
-            now = self.now()
-            for connection in list(self.connections):
-                if connection.deadline <= now:
-                    connection.expire(now)

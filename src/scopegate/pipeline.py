@@ -20,7 +20,7 @@ import structlog
 from scopegate.config import Config
 from scopegate.errors import BadRequest, Reason
 from scopegate.gate import Credentials, Gate, Verdict, request_id
-from scopegate.http1 import ClientConnection, IncomingRequest, encode_response
+from scopegate.http1 import ClientConnection, IncomingRequest
 from scopegate.observability import Metrics, bound_logger
 from scopegate.proxy import BROKEN_BY_CLIENT, BROKEN_BY_UPSTREAM, Exchange
 from scopegate.request import Headers
@@ -28,6 +28,7 @@ from scopegate.responses import RejectionResponse, rejection
 from scopegate.routing import Router
 from scopegate.rules import RouteRule
 from scopegate.upstream import UpstreamPool
+from scopegate.wire import encode_response
 
 _LOGGED_PATH_MAX = 512
 _CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the response

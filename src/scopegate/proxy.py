@@ -1,10 +1,8 @@
 """Forward an allowed request to the upstream and its response back: one `Exchange` per request, callbacks only.
 
-What was authorized is exactly what is forwarded: the normalized path, the raw query, the body byte for byte.
-Hop-by-hop headers (and any the Connection header names) and client-sent identity headers are dropped; scopegate's
-identity headers, `X-Forwarded-*` and `X-Request-Id` are added. Bodies stream both ways with back-pressure: when the
-upstream stops taking the request body, the client's connection stops being read, and when the client stops reading
-the response, the upstream's connection does.
+What was authorized is exactly what is forwarded (the heads as `rewrite.py` builds them, the body byte for byte).
+Bodies stream both ways with back-pressure: when the upstream stops taking the request body, the client's
+connection stops being read, and when the client stops reading the response, the upstream's connection does.
 
 The upstream deadline (`upstream_timeout_seconds`) runs from the start until the response head arrives, restarted
 whenever a piece of the request body moves, so it bounds any one stall of the upstream, not a slow client's upload.
@@ -21,51 +19,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from scopegate.bearer import IDENTITY_HEADER_PREFIX
 from scopegate.errors import BadRequest, Rejection, UpstreamError, UpstreamTimeout
 from scopegate.gate import Verdict
-from scopegate.http1 import (
-    CONTINUE,
-    SERVER_LINE,
-    ClientConnection,
-    IncomingRequest,
-    connection_line,
-    date_line,
-    status_line,
-)
+from scopegate.http1 import ClientConnection, IncomingRequest
+from scopegate.rewrite import declared_length, request_head, response_fields, tunnel_fields
 from scopegate.upstream import ResponseFraming, UpstreamConnection, UpstreamPool
+from scopegate.wire import CONTINUE, connection_line, status_line
 
-# RFC 9110 section 7.6.1, plus the non-standard Proxy-Connection some clients still send.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-# `expect` is answered by scopegate itself (100 Continue once the request is authorized), `content-length` is
-# re-stated from the framing, `x-request-id` and `x-forwarded-for` are scopegate's to set.
-_REQUEST_DROPPED = HOP_BY_HOP | {b"expect", b"content-length", b"x-request-id", b"x-forwarded-for"}
-_RESPONSE_DROPPED = HOP_BY_HOP | {b"content-length"}
-# Looked at one by one; every other field passes unless it is an identity header or named in Connection.
-_REQUEST_SPECIAL = _REQUEST_DROPPED | {b"host", b"x-forwarded-proto", b"x-forwarded-host"}
-# `X-Auth-*` in any case, with `_` for `-` too: CGI-style servers read `X_Auth_Sub` as `X-Auth-Sub`.
-_IDENTITY_PREFIXES = (
-    IDENTITY_HEADER_PREFIX.encode(),
-    IDENTITY_HEADER_PREFIX.replace("-", "_").encode(),
-    b"x_auth-",
-    b"x-auth_",
-)
 # Methods whose request may be sent again when a pooled connection turns out to have been closed by the upstream.
 _RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-# Methods that get `Content-Length: 0` when they carry no body, as many servers want it for them.
-_BODYLESS_LENGTH = frozenset({"POST", "PUT", "PATCH"})
 _NO_BODY_STATUS = frozenset({204, 304})
 
 BROKEN_BY_UPSTREAM = "upstream"
@@ -122,7 +84,7 @@ class Exchange:
         self._done = done
         self._loop = pool.loop
         self._started = self._last_progress = self._loop.time()
-        self._head = upstream_head(request, verdict, pool, client)
+        self._head = request_head(request, verdict, pool, client)
         self._upstream: UpstreamConnection | None = None
         self._connecting: asyncio.Task[UpstreamConnection] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -246,7 +208,7 @@ class Exchange:
         # 100 Continue is scopegate's to send (it answered the client's Expect); HTTP/1.0 clients know no 1xx.
         if status == 100 or self.request.version != "1.1" or self.finished:
             return
-        self.client.write(b"".join([status_line(status, reason), *_kept_response_fields(fields), b"\r\n"]))
+        self.client.write(b"".join([status_line(status, reason), *response_fields(fields), b"\r\n"]))
 
     def upstream_head(
         self, status: int, reason: bytes, fields: list[tuple[bytes, bytes, bytes]], framing: ResponseFraming
@@ -257,7 +219,7 @@ class Exchange:
         request, client = self.request, self.client
         keep_alive = client.reusable_after(request) and request.complete
         if self.request.method == "HEAD" or status in _NO_BODY_STATUS:
-            mode, framing_line = _BODY_NONE, _declared_length(framing)
+            mode, framing_line = _BODY_NONE, declared_length(framing)
         elif framing.content_length is not None:
             mode, framing_line = _BODY_LENGTH, b"Content-Length: %d\r\n" % framing.content_length
         elif request.version == "1.1":
@@ -267,7 +229,7 @@ class Exchange:
         self._body_mode, self._keep_alive = mode, keep_alive
         out = self._out
         out.append(status_line(status, reason))
-        out.extend(_kept_response_fields(fields))
+        out.extend(response_fields(fields))
         out.append(framing_line)
         out.append(connection_line(keep_alive, request.version))
         out.append(b"\r\n")
@@ -310,8 +272,7 @@ class Exchange:
         self._got_head(101)
         self._tunnel = True
         upstream.start_tunnel()
-        kept = [b"%s: %s\r\n" % (name, value) for lower, name, value in fields if lower not in _TUNNEL_DROPPED]
-        self.client.write(b"".join([status_line(101, reason), *kept, b"\r\n", rest]))
+        self.client.write(b"".join([status_line(101, reason), *tunnel_fields(fields), b"\r\n", rest]))
         early, self._early = self._early, []
         for data in early:
             upstream.write(data)
@@ -393,101 +354,3 @@ class Exchange:
             clean = not broken_by and self.failure is None and not self._tunnel and self.request.complete
             upstream.release(reusable=clean)
         self._done(self)
-
-
-_RESPONSE_SPECIAL = _RESPONSE_DROPPED | {b"server", b"date"}
-_PLAIN_OPTIONS = frozenset({b"keep-alive", b"close", b""})  # Connection options that name no other field
-_TUNNEL_DROPPED = frozenset({b"content-length", b"transfer-encoding", b"keep-alive", b"proxy-connection"})
-
-
-def _kept_response_fields(fields: list[tuple[bytes, bytes, bytes]]) -> list[bytes]:
-    """The upstream's end-to-end header fields, plus Server and Date when it sent none."""
-    kept = []
-    server = date = False
-    connection: list[bytes] = []
-    for lower, name, value in fields:
-        if lower in _RESPONSE_SPECIAL:
-            if lower == b"server":
-                server = True
-            elif lower == b"date":
-                date = True
-            else:
-                if lower == b"connection" and value.strip().lower() not in _PLAIN_OPTIONS:
-                    connection.append(value)  # the common `Connection: keep-alive` names no field
-                continue
-        kept.append(b"%s: %s\r\n" % (name, value))
-    if connection:
-        kept = _without_listed(kept, connection)
-    if not server:
-        kept.append(SERVER_LINE)
-    if not date:
-        kept.append(date_line())
-    return kept
-
-
-def _without_listed(kept: list[bytes], connection: list[bytes]) -> list[bytes]:
-    """Drop the fields the Connection header lists: hop-by-hop for this message too (RFC 9110 section 7.6.1)."""
-    listed = {token.strip().lower() for value in connection for token in value.split(b",")} - _PLAIN_OPTIONS
-    if not listed:
-        return kept
-    return [line for line in kept if line.split(b":", 1)[0].lower() not in listed]
-
-
-def _declared_length(framing: ResponseFraming) -> bytes:
-    """A HEAD or 304 response may state the length the body would have: pass that on."""
-    length = framing.content_length
-    return b"" if length is None else b"Content-Length: %d\r\n" % length
-
-
-def upstream_head(request: IncomingRequest, verdict: Verdict, pool: UpstreamPool, client: ClientConnection) -> bytes:
-    """The request head sent upstream: the client's end-to-end fields, then X-Forwarded-*, X-Request-Id, identity."""
-    framing = request.framing
-    query = verdict.query
-    target = pool.base_path + verdict.path + ("?" + query if query else "")
-    parts = [b"%s %s HTTP/1.1\r\n" % (request.method_bytes, target.encode("latin-1"))]
-    append = parts.append
-    earlier: list[bytes] = []
-    host = proto = forwarded_host = b""
-    listed = framing.connection_tokens
-    for lower, name, value in request.facts.headers.fields:
-        if lower in _REQUEST_SPECIAL:
-            if lower in listed:
-                continue
-            if lower == b"host":
-                host = value
-            elif lower == b"x-forwarded-proto":
-                proto = value
-            elif lower == b"x-forwarded-host":
-                forwarded_host = value
-            else:
-                if lower == b"x-forwarded-for":
-                    earlier.append(value)
-                continue
-        elif lower.startswith(_IDENTITY_PREFIXES) or lower in listed:
-            continue
-        append(b"%s: %s\r\n" % (name, value))
-    if not host:
-        append(pool.host_line)
-    if earlier:
-        append(b"X-Forwarded-For: %s, %s\r\n" % (b", ".join(earlier), client.peer_bytes))
-    else:
-        append(client.forwarded_for)
-    # Behind an Ingress that terminated TLS these already say https and the public host: keep them.
-    if not proto:
-        append(b"X-Forwarded-Proto: http\r\n")
-    if not forwarded_host:
-        append(b"X-Forwarded-Host: %s\r\n" % (host or client.local_bytes))
-    lines = [f"X-Request-Id: {verdict.request_id}\r\n"]
-    lines.extend(f"{name}: {value}\r\n" for name, value in verdict.identity)
-    append("".join(lines).encode("latin-1"))
-    if framing.websocket:
-        append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-    elif framing.chunked:
-        append(b"Transfer-Encoding: chunked\r\n\r\n")
-    elif framing.content_length is not None:
-        append(b"Content-Length: %d\r\n\r\n" % framing.content_length)
-    elif request.method in _BODYLESS_LENGTH:
-        append(b"Content-Length: 0\r\n\r\n")
-    else:
-        append(b"\r\n")
-    return b"".join(parts)

@@ -23,7 +23,7 @@ from aiohttp import web
 from scopegate.app import Gateway, create_admin_app
 from scopegate.config import Config, HostPort, load_config
 from scopegate.errors import ConfigError
-from scopegate.http1 import Http1Server
+from scopegate.listener import Http1Server
 from scopegate.observability import Metrics, batch_logs_in, configure_logging
 
 log = structlog.get_logger("scopegate")

@@ -1,4 +1,4 @@
-"""HTTP/1.1 framing rules on top of llhttp's strict mode (`http1.read_framing`), as a table; and the wire helpers.
+"""HTTP/1.1 framing rules on top of llhttp's strict mode (`wire.read_framing`), as a table; and the wire helpers.
 
 The end-to-end corpus of hostile requests, sent as raw bytes through a running proxy, is `test_framing.py`; this
 module pins the pure function that decides how a parsed request head is framed, one row per rule.
@@ -10,7 +10,7 @@ import pytest
 
 from scopegate.config import Limits
 from scopegate.errors import BadRequest, Reason
-from scopegate.http1 import Framing, connection_line, encode_response, read_framing, status_line
+from scopegate.wire import Framing, connection_line, encode_response, read_framing, status_line
 
 LIMITS = Limits(max_body_bytes=1000)
 
