@@ -2,7 +2,8 @@
 
 keys and tokens (cached) -> fixtures (upstream + issuer) -> for each round, each target x scenario: a fresh start,
 checks, warm-up, measured run -> in-process crypto cost -> medians, table, bench/results/latest.{json,md}
--> optional py-spy profile runs. Every process started is stopped on the way out, Ctrl-C included.
+-> optional py-spy profile runs. `--memory` runs memory.py instead (scopegate's RSS across a million distinct
+tokens, bench/results/memory.{json,md}). Every process started is stopped on the way out, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import checks, keys, profiling, report, runner
+from . import checks, keys, memory, profiling, report, runner
 from .cryptocost import verify_costs
 from .fixtures import choose_issuer_port, issuer_url, start_fixtures
 from .layout import CACHE_DIR, REPO_DIR, RESULTS_DIR, VENV_BIN
@@ -70,7 +71,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run scopegate from this git revision's src/ (git archive; default: the working tree as installed)",
     )
     parser.add_argument("--keep-work", action="store_true", help="keep the work directory (configs, logs)")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="instead of the rounds: scopegate's RSS while it gets --tokens distinct tokens (bench/results/memory.md)",
+    )
+    parser.add_argument(
+        "--tokens",
+        type=_positive,
+        help=f"--memory: distinct tokens, one request each (default {memory.DEFAULT_TOKENS:,})",
+    )
+    parser.add_argument(
+        "--sample-every",
+        type=_positive,
+        help=f"--memory: read RSS every this many requests (default {memory.DEFAULT_SAMPLE_EVERY:,})",
+    )
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help=f"--memory: stop the load after this long (default {memory.DEFAULT_MAX_MINUTES})",
+    )
     args = parser.parse_args(argv)
+    _check_memory_options(parser, args)
     args.seconds = args.seconds or (QUICK_SECONDS if args.quick else DEFAULT_SECONDS)
     args.rounds = args.rounds if args.rounds is not None else (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
     if args.smoke:
@@ -82,6 +104,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if not TARGETS[args.profile].python:
             parser.error(f"--profile: {args.profile} is not a Python target (py-spy profiles Python only)")
     return args
+
+
+def _check_memory_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    memory_only = {"--tokens": args.tokens, "--sample-every": args.sample_every, "--max-minutes": args.max_minutes}
+    rounds_only = {
+        "--seconds": args.seconds,
+        "--rounds": args.rounds,
+        "--targets": args.targets,
+        "--scenarios": args.scenarios,
+        "--pool-rate": args.pool_rate,
+        "--profile": args.profile,
+        "--quick": args.quick or None,
+        "--smoke": args.smoke or None,
+    }
+    if not args.memory:
+        given = [name for name, value in memory_only.items() if value is not None]
+        if given:
+            parser.error(f"{', '.join(given)}: only with --memory")
+        return
+    given = [name for name, value in rounds_only.items() if value is not None]
+    if given:
+        parser.error(f"--memory runs on its own: drop {', '.join(given)}")
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        parser.error("--max-minutes: must be more than 0")
+    args.tokens = args.tokens or memory.DEFAULT_TOKENS
+    args.sample_every = args.sample_every or memory.DEFAULT_SAMPLE_EVERY
+    args.max_minutes = args.max_minutes or memory.DEFAULT_MAX_MINUTES
 
 
 def _positive(text: str) -> int:
@@ -145,6 +194,10 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def run(args: argparse.Namespace, procs: ProcessSet, work: Path) -> int:
+    if args.memory:
+        settings = memory.Settings(args.tokens, args.sample_every, args.max_minutes, args.connections)
+        scopegate_src = export_scopegate(args.scopegate_ref, work) if args.scopegate_ref else None
+        return memory.run(settings, procs, work, scopegate_src, _memory_meta(args))
     selected = [TARGETS[name] for name in (args.targets or TARGETS)]
     pairs = runner.plan(selected, args.scenarios)
     profile_pairs = runner.plan([TARGETS[args.profile]], args.scenarios) if args.profile else []
@@ -276,6 +329,23 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
             "connections": args.connections,
             "wrk_threads": 1,
             "pool_rates": {alg: args.pool_rate or rate for alg, rate in POOL_RATES.items()},
+        },
+    }
+
+
+def _memory_meta(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": _machine(),
+        "commit": _commit(args.scopegate_ref),
+        "versions": _versions(),
+        "settings": {
+            "tokens": args.tokens,
+            "sample_every": args.sample_every,
+            "max_minutes": args.max_minutes,
+            "connections": args.connections,
+            "token_cache_entries": memory.CACHE_ENTRIES,
+            "algorithm": keys.MEMORY_ALGORITHM,
         },
     }
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import net
-from .keys import ALGORITHMS, SigningKey, discovery_document, jwks_document
+from .keys import SigningKey, discovery_document, jwks_document
 from .layout import ECHO_PATH, LOOPBACK, REQUEST_PATH, UPSTREAM_BODY
 from .procs import HarnessError, Proc, ProcessSet
 from .templates import render
@@ -72,7 +72,7 @@ def start_fixtures(procs: ProcessSet, work: Path, keys: dict[str, SigningKey], i
     proc = procs.start("fixtures (nginx)", nginx_argv(config, work), work / "fixtures.log")
     fixtures = Fixtures(upstream_port, issuer_port, proc)
     net.wait_ready(proc, lambda: net.answers(upstream_port) and net.answers(issuer_port), "serving", timeout=15)
-    _check_fixtures(fixtures)
+    _check_fixtures(fixtures, len(keys))
     return fixtures
 
 
@@ -83,7 +83,7 @@ def nginx_argv(config: Path, work: Path) -> list[str]:
 
 def _write_issuer_files(directory: Path, keys: dict[str, SigningKey], issuer: str) -> None:
     (directory / ".well-known").mkdir(parents=True, exist_ok=True)
-    (directory / ".well-known" / "openid-configuration").write_text(json.dumps(discovery_document(issuer)))
+    (directory / ".well-known" / "openid-configuration").write_text(json.dumps(discovery_document(issuer, keys)))
     (directory / "jwks").write_text(json.dumps(jwks_document(keys)))
     for path in (directory.parent, directory, directory / ".well-known"):  # nginx workers run as nobody
         path.chmod(0o755)
@@ -91,7 +91,7 @@ def _write_issuer_files(directory: Path, keys: dict[str, SigningKey], issuer: st
         path.chmod(0o644)
 
 
-def _check_fixtures(fixtures: Fixtures) -> None:
+def _check_fixtures(fixtures: Fixtures, key_count: int) -> None:
     upstream = net.get(fixtures.upstream_port, REQUEST_PATH)
     if upstream.status != 200 or upstream.body != UPSTREAM_BODY.encode():
         raise HarnessError(f"upstream nginx answered {upstream.status} {upstream.body[:120]!r}")
@@ -102,7 +102,7 @@ def _check_fixtures(fixtures: Fixtures) -> None:
     jwks = net.get(fixtures.issuer_port, "/oidc/jwks")
     if discovery.status != 200 or json.loads(discovery.body).get("issuer") != fixtures.issuer:
         raise HarnessError(f"issuer discovery answered {discovery.status} {discovery.body[:200]!r}")
-    if jwks.status != 200 or len(json.loads(jwks.body).get("keys", [])) != len(ALGORITHMS):
+    if jwks.status != 200 or len(json.loads(jwks.body).get("keys", [])) != key_count:
         raise HarnessError(f"issuer JWKS answered {jwks.status} {jwks.body[:200]!r}")
 
 

@@ -63,8 +63,13 @@ class ProcessSet:
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        append: bool = False,
     ) -> Proc:
-        with log.open("wb") as out:  # a fresh log for every start
+        """Start `argv` with its output in `log`, a fresh file; `append` opens it O_APPEND, so the harness can
+        truncate it under a running process (the next write lands at the new end, not past a hole)."""
+        if append:
+            log.write_bytes(b"")  # a fresh log for every start, then opened O_APPEND
+        with log.open("ab" if append else "wb") as out:  # a fresh log for every start
             popen = subprocess.Popen(
                 list(argv),
                 stdin=subprocess.DEVNULL,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,7 @@ class Running:
     proc: Proc
     port: int
     request_log: Path | None = None  # where it writes one JSON line per request (identity targets)
+    admin_port: int | None = None  # scopegate's admin listener (/readyz, /metrics)
 
 
 Launcher = Callable[[Context, Path], Running]
@@ -141,7 +142,16 @@ def _aiohttp(name: str, auth: bool) -> Launcher:
     return launch
 
 
-def _scopegate(name: str, workers: int) -> Launcher:
+def scopegate_launcher(
+    name: str,
+    workers: int,
+    template: str = "scopegate.yaml",
+    extra_values: Mapping[str, object] | None = None,
+    truncatable_log: bool = False,
+) -> Launcher:
+    """scopegate with the config rendered from `template` (with `extra_values` for its own placeholders);
+    `truncatable_log`: its stdout file is opened O_APPEND, so the harness may truncate it during a long run."""
+
     def launch(context: Context, directory: Path) -> Running:
         port, admin = net.free_port(), net.free_port()
         values = {
@@ -151,8 +161,9 @@ def _scopegate(name: str, workers: int) -> Launcher:
             "ISSUER": context.fixtures.issuer,
             "AUDIENCE": AUDIENCE,
             "SCOPE": SCOPE,
+            **(extra_values or {}),
         }
-        config = render("scopegate.yaml", values, directory / "scopegate.yaml")
+        config = render(template, values, directory / "scopegate.yaml")
         argv = [sys.executable, "-m", "scopegate", "run", "--config", str(config)]
         if workers > 1:
             argv += ["--workers", str(workers)]
@@ -161,10 +172,10 @@ def _scopegate(name: str, workers: int) -> Launcher:
             env["PYTHONPATH"] = str(context.scopegate_src)
         # stdout (one JSON decision log line per request) goes to a file, as a container runtime would keep it.
         log = directory / f"{name}.log"
-        proc = context.procs.start(name, argv, log, env=env)
+        proc = context.procs.start(name, argv, log, env=env, append=truncatable_log)
         net.wait_ready(proc, lambda: net.answers(admin, "/readyz", 200), "ready (admin /readyz)", START_TIMEOUT_SECONDS)
         net.wait_ready(proc, lambda: net.answers(port), "serving", START_TIMEOUT_SECONDS)
-        return Running(name, proc, port, log)
+        return Running(name, proc, port, log, admin)
 
     return launch
 
@@ -195,7 +206,7 @@ TARGETS: dict[str, Target] = {
         ),
         Target("aiohttp-minimal", False, ("warm",), True, _aiohttp("aiohttp-minimal", auth=False)),
         Target("aiohttp-pyjwt", True, ("warm", "fresh-es384", "fresh-rs256"), True, _aiohttp("aiohttp-pyjwt", True)),
-        Target("scopegate", True, ALL_SCENARIOS, True, _scopegate("scopegate", workers=1), identity=True),
-        Target("scopegate-2", True, ("warm",), True, _scopegate("scopegate-2", workers=2), identity=True),
+        Target("scopegate", True, ALL_SCENARIOS, True, scopegate_launcher("scopegate", workers=1), identity=True),
+        Target("scopegate-2", True, ("warm",), True, scopegate_launcher("scopegate-2", workers=2), identity=True),
     )
 }

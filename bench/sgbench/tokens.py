@@ -3,10 +3,13 @@
 - warm tokens: one per algorithm, the same on every request of the `warm` / `rs256` scenarios;
 - a weak token (scope `read:other`) that must get 403;
 - pools: many distinct tokens per algorithm (one per request of the `fresh-*` scenarios, so no cache can hit),
-  one per line in `pool-<ALG>.txt`, minted in parallel and only extended when a run needs more.
+  one per line in `pool-<ALG>.txt`, minted in parallel and only extended when a run needs more;
+- the memory pool (`./bench/run --memory`): a million or so EdDSA tokens in `memory-pool-EdDSA.txt`, each sent
+  once, with a manifest of its own (`memory-pool.json`), so the rounds' tokens are never re-minted for it.
 
 All carry `typ: at+jwt`, the issuer URL (so the issuer's port is part of the cache key), the API audience,
-`sub`, `client_id`, `scope`, `iat`, `exp` (7 days; re-minted when less than a day is left) and a unique `jti`.
+`sub`, `client_id`, `scope`, `iat`, `exp` (7 days; re-minted when less than a day is left; the memory pool: 6 hours,
+re-minted when less than 2 are left) and a unique `jti`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from .layout import AUDIENCE, CLIENT_ID, SCOPE, WARM_SUB, WEAK_SCOPE
 
 TOKEN_TTL_SECONDS = 7 * 24 * 3600
 MIN_REMAINING_SECONDS = 24 * 3600
+MEMORY_TOKEN_TTL_SECONDS = 6 * 3600
+MEMORY_MIN_REMAINING_SECONDS = 2 * 3600  # a --memory run stops after at most --max-minutes
 _CHUNK = 2000
 _MANIFEST_VERSION = 1
 
@@ -47,7 +52,9 @@ def mint(key_alg: str, key_pem: bytes, kid: str, claims: dict[str, Any]) -> str:
     return jwt.encode(claims, private_key, algorithm=key_alg, headers={"typ": "at+jwt", "kid": kid})
 
 
-def claims_for(issuer: str, *, sub: str, scope: str, now: int, jti: str) -> dict[str, Any]:
+def claims_for(
+    issuer: str, *, sub: str, scope: str, now: int, jti: str, ttl: int = TOKEN_TTL_SECONDS
+) -> dict[str, Any]:
     return {
         "iss": issuer,
         "aud": AUDIENCE,
@@ -55,7 +62,7 @@ def claims_for(issuer: str, *, sub: str, scope: str, now: int, jti: str) -> dict
         "client_id": CLIENT_ID,
         "scope": scope,
         "iat": now,
-        "exp": now + TOKEN_TTL_SECONDS,
+        "exp": now + ttl,
         "jti": jti,
     }
 
@@ -142,22 +149,74 @@ def _ensure_pool(cache: Path, key: SigningKey, issuer: str, wanted: int, manifes
     return path
 
 
-def _mint_parallel(key: SigningKey, issuer: str, start: int, stop: int, now: int) -> Iterator[list[str]]:
+def ensure_memory_pool(cache: Path, key: SigningKey, issuer: str, wanted: int) -> Path:
+    """Make `memory-pool-<ALG>.txt` hold at least `wanted` tokens with 2+ hours left: extend it, or start over.
+
+    Minted in parallel and written chunk by chunk, never held in one list; a run reads only its first `wanted` lines.
+    """
+    path = cache / f"memory-pool-{key.alg}.txt"
+    manifest_path = cache / "memory-pool.json"
+    identity = {"version": _MANIFEST_VERSION, "issuer": issuer, "alg": key.alg, "kid": key.kid}
+    try:
+        entry: dict[str, Any] = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        entry = {}
+    now = int(time.time())
+    stale = entry.get("exp", 0) - now < MEMORY_MIN_REMAINING_SECONDS
+    if entry.get("identity") != identity or not path.exists() or stale:
+        path.unlink(missing_ok=True)
+        entry = {"identity": identity, "count": 0, "iat": now, "exp": now + MEMORY_TOKEN_TTL_SECONDS}
+    if entry["count"] < wanted:
+        started = time.monotonic()
+        missing = wanted - entry["count"]
+        print(f"bench: minting {missing:,} {key.alg} tokens for the memory run (cached in {path}) ...", flush=True)
+        minted, step = entry["count"], max(wanted // 10, _CHUNK)
+        next_report = minted + step
+        with path.open("a") as out:
+            size = out.tell()
+            try:
+                # iat from the manifest: every token of the file shares one exp, the one the manifest keeps
+                chunks = _mint_parallel(key, issuer, minted, wanted, entry["iat"], MEMORY_TOKEN_TTL_SECONDS)
+                for chunk in chunks:
+                    out.write("\n".join(chunk) + "\n")
+                    minted += len(chunk)
+                    if next_report <= minted < wanted:
+                        print(f"bench:   {minted:,}/{wanted:,} minted", flush=True)
+                        next_report += step
+            except BaseException:
+                out.truncate(size)  # interrupted: the file keeps exactly what the manifest counts
+                raise
+        entry["count"] = wanted
+        temporary = manifest_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(entry, indent=1))
+        temporary.replace(manifest_path)
+        print(f"bench: minted {missing:,} {key.alg} tokens in {time.monotonic() - started:.1f} s", flush=True)
+    return path
+
+
+def _mint_parallel(
+    key: SigningKey, issuer: str, start: int, stop: int, now: int, ttl: int = TOKEN_TTL_SECONDS
+) -> Iterator[list[str]]:
     ranges = [(lo, min(lo + _CHUNK, stop)) for lo in range(start, stop, _CHUNK)]
-    jobs = [(key.alg, key.pem, key.kid, issuer, lo, hi, now) for lo, hi in ranges]
+    jobs = [(key.alg, key.pem, key.kid, issuer, lo, hi, now, ttl) for lo, hi in ranges]
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         yield from pool.map(_mint_range, jobs)
 
 
-def _mint_range(job: tuple[str, bytes, str, str, int, int, int]) -> list[str]:
+def _mint_range(job: tuple[str, bytes, str, str, int, int, int, int]) -> list[str]:
     """One worker's share: tokens `lo`..`hi` of the pool, each with its own `sub` and `jti`."""
-    alg, pem, kid, issuer, lo, hi, now = job
+    alg, pem, kid, issuer, lo, hi, now, ttl = job
     private_key = jwt.algorithms.get_default_algorithms()[alg].prepare_key(pem)
     headers = {"typ": "at+jwt", "kid": kid}
     tokens = []
     for index in range(lo, hi):
         claims = claims_for(
-            issuer, sub=f"bench-user-{index:07d}", scope=SCOPE, now=now, jti=f"{alg}-{index}-{secrets.token_hex(6)}"
+            issuer,
+            sub=f"bench-user-{index:07d}",
+            scope=SCOPE,
+            now=now,
+            jti=f"{alg}-{index}-{secrets.token_hex(6)}",
+            ttl=ttl,
         )
         tokens.append(jwt.encode(claims, private_key, algorithm=alg, headers=headers))
     return tokens
