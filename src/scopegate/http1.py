@@ -223,11 +223,11 @@ class ClientConnection(Connection):
         self._head_started = False
         self._error: BadRequest | None = None
         self._paused = 0
-        self._write_paused = False
         self._upgraded = False
         self._finished_reading = False  # a framing error or an upgrade: no more requests from these bytes
         self._closing = False  # close once the response in progress is done
         self._halted = False  # parsing was stopped on purpose (closing): not a framing error
+        self._client_done = False  # the client half-closed: nothing more will come from it
         self._dispatching = False
         self._discard_budget = 0  # bytes still accepted and dropped while lingering before a close
         self.cut_at_shutdown = False  # still busy when the drain's grace period ended
@@ -281,6 +281,7 @@ class ClientConnection(Connection):
                 active.consumer.body_end()  # the client half-closed its side of the tunnel
                 return True
             return None
+        self._client_done = True
         parsing = self._parsing
         if parsing is not None:
             parsing.fail(None)
@@ -301,13 +302,11 @@ class ClientConnection(Connection):
                 active.consumer.client_lost()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
         active = self._active
         if active is not None and active.consumer is not None:
             active.consumer.client_paused()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
         active = self._active
         if active is not None and active.consumer is not None:
             active.consumer.client_resumed()
@@ -381,10 +380,6 @@ class ClientConnection(Connection):
             and not request.framing.websocket
         )
 
-    @property
-    def write_paused(self) -> bool:
-        return self._write_paused
-
     def finish(self, request: IncomingRequest, *, keep_alive: bool) -> None:
         """The response to `request` is complete: next request, or close."""
         if self._active is not request:
@@ -410,7 +405,7 @@ class ClientConnection(Connection):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if linger_budget <= 0:
+        if linger_budget <= 0 or self._client_done:  # nothing to linger for
             transport.close()
             return
         self._discard_budget = linger_budget

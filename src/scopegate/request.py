@@ -48,9 +48,6 @@ class Headers:
                 return value.decode("latin-1")
         return None
 
-    def __len__(self) -> int:
-        return len(self.fields)
-
 
 _KEYS: dict[str, bytes] = {}
 
