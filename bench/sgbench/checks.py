@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +95,21 @@ def check_identity(target: Target, running: Running, tokens: TokenSet) -> None:
             f"{target.name}: {len(sent)} requests to {ECHO_PATH}, {len(lines)} lines for them in "
             f"{running.request_log}:\n{lines}"
         )
-    for line, (what, status, request_id) in zip(lines, sent, strict=True):
+    # Lines are matched by request id, not by position: worker processes sharing one log write in their own order.
+    statuses = Counter(str(line.get("status")) for line in lines)
+    if statuses != Counter(str(status) for _, status, _ in sent):
+        raise HarnessError(f"{target.name}: log statuses {dict(statuses)} for requests answered {sent}: {lines}")
+    by_id = {line.get("request_id"): line for line in lines}
+    for what, status, request_id in sent:
+        if request_id is None:
+            continue
+        line = by_id.get(request_id)
+        if line is None:
+            raise HarnessError(f"{target.name}: no log line with the upstream's request id {request_id!r}: {lines}")
         problems = []
         if str(line.get("status")) != str(status):
             problems.append(f"status {line.get('status')!r}, not {status}")
-        if request_id is not None and line.get("request_id") != request_id:
-            problems.append(f"request_id {line.get('request_id')!r}, not the upstream's {request_id!r}")
-        if request_id is not None and line.get("sub") != WARM_SUB:
+        if line.get("sub") != WARM_SUB:
             problems.append(f"sub {line.get('sub')!r}, not {WARM_SUB!r}")
         if problems:
             raise HarnessError(f"{target.name}: request log line for {what}: {'; '.join(problems)}: {line}")
