@@ -317,12 +317,9 @@ def profile(context: Context, load: Load, pairs: Sequence[tuple[Target, str]], s
 
 
 def _meta(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": _machine(),
-        "commit": _commit(args.scopegate_ref),
-        "versions": _versions(),
-        "settings": {
+    return _run_meta(
+        args,
+        {
             "seconds": args.seconds,
             "warmup": args.warmup,
             "rounds": args.rounds,
@@ -330,16 +327,13 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
             "wrk_threads": 1,
             "pool_rates": {alg: args.pool_rate or rate for alg, rate in POOL_RATES.items()},
         },
-    }
+    )
 
 
 def _memory_meta(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": _machine(),
-        "commit": _commit(args.scopegate_ref),
-        "versions": _versions(),
-        "settings": {
+    return _run_meta(
+        args,
+        {
             "tokens": args.tokens,
             "sample_every": args.sample_every,
             "max_minutes": args.max_minutes,
@@ -347,6 +341,17 @@ def _memory_meta(args: argparse.Namespace) -> dict[str, Any]:
             "token_cache_entries": memory.CACHE_ENTRIES,
             "algorithm": keys.MEMORY_ALGORITHM,
         },
+    )
+
+
+def _run_meta(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+    """What every results file says about its run: when, on what, which code, which versions, which settings."""
+    return {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": _machine(),
+        "commit": _commit(args.scopegate_ref),
+        "versions": _versions(),
+        "settings": settings,
     }
 
 
