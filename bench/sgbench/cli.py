@@ -195,9 +195,9 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
 
 def run(args: argparse.Namespace, procs: ProcessSet, work: Path) -> int:
     if args.memory:
-        settings = memory.Settings(args.tokens, args.sample_every, args.max_minutes, args.connections)
+        soak = memory.Settings(args.tokens, args.sample_every, args.max_minutes, args.connections)
         scopegate_src = export_scopegate(args.scopegate_ref, work) if args.scopegate_ref else None
-        return memory.run(settings, procs, work, scopegate_src, _memory_meta(args))
+        return memory.run(soak, procs, work, scopegate_src, _memory_meta(args))
     selected = [TARGETS[name] for name in (args.targets or TARGETS)]
     pairs = runner.plan(selected, args.scenarios)
     profile_pairs = runner.plan([TARGETS[args.profile]], args.scenarios) if args.profile else []
