@@ -24,7 +24,7 @@ from scopegate.http1 import ClientConnection, IncomingRequest
 from scopegate.observability import Metrics, bound_logger
 from scopegate.proxy import BROKEN_BY_CLIENT, BROKEN_BY_UPSTREAM, Exchange
 from scopegate.request import Headers
-from scopegate.responses import RejectionResponse, rejection
+from scopegate.responses import rejection
 from scopegate.routing import Router
 from scopegate.rules import RouteRule
 from scopegate.upstream import UpstreamPool
@@ -148,11 +148,15 @@ class Pipeline:
         keep_alive = exchange.keep_alive
         status = exchange.status
         if failure is not None:
-            verdict.reason, verdict.detail, status = failure.reason, failure.detail, failure.status
+            verdict.reason, verdict.detail = failure.reason, failure.detail
+            verdict.description, verdict.status = failure.description, failure.status
+            status = failure.status
             keep_alive = connection.reusable_after(request) and request.complete
             if not connection.closed:
-                shape = rejection(failure.reason, failure.description, status=failure.status)
-                connection.write(_encode(shape, verdict, request.version, keep_alive, request.method == "HEAD"))
+                head_only = request.method == "HEAD"
+                self._send_rejection(
+                    connection, verdict, version=request.version, keep_alive=keep_alive, head_only=head_only
+                )
             else:
                 status = _CLIENT_GONE
         elif exchange.broken_by == BROKEN_BY_UPSTREAM:
@@ -169,7 +173,12 @@ class Pipeline:
         shape = rejection(
             verdict.reason, verdict.description, required_scopes=verdict.required_scopes, status=verdict.status
         )
-        connection.write(_encode(shape, verdict, version, keep_alive, head_only))
+        headers = [*shape.headers.items(), ("X-Request-Id", verdict.request_id)]
+        connection.write(
+            encode_response(
+                shape.status, headers, shape.body, keep_alive=keep_alive, version=version, head_only=head_only
+            )
+        )
 
     def _observe(
         self,
@@ -208,10 +217,3 @@ class Pipeline:
 
 def _gone_detail(connection: ClientConnection, otherwise: str) -> str:
     return "cut_at_shutdown" if connection.cut_at_shutdown else otherwise
-
-
-def _encode(shape: RejectionResponse, verdict: Verdict, version: str, keep_alive: bool, head_only: bool) -> bytes:
-    headers = [*shape.headers.items(), ("X-Request-Id", verdict.request_id)]
-    return encode_response(
-        shape.status, headers, shape.body, keep_alive=keep_alive, version=version, head_only=head_only
-    )

@@ -28,7 +28,6 @@ from scopegate.wire import CONTINUE, connection_line, status_line
 
 # Methods whose request may be sent again when a pooled connection turns out to have been closed by the upstream.
 _RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-_NO_BODY_STATUS = frozenset({204, 304})
 
 BROKEN_BY_UPSTREAM = "upstream"
 BROKEN_BY_CLIENT = "client"
@@ -218,7 +217,7 @@ class Exchange:
         self._got_head(status)
         request, client = self.request, self.client
         keep_alive = client.reusable_after(request) and request.complete
-        if self.request.method == "HEAD" or status in _NO_BODY_STATUS:
+        if framing.no_body:
             mode, framing_line = _BODY_NONE, declared_length(framing)
         elif framing.content_length is not None:
             mode, framing_line = _BODY_LENGTH, b"Content-Length: %d\r\n" % framing.content_length

@@ -64,10 +64,13 @@ class ResponseConsumer(Protocol):
 class ResponseFraming:
     """How a response's body is delimited."""
 
-    __slots__ = ("chunked", "content_length", "keep_alive", "until_close")
+    __slots__ = ("chunked", "content_length", "keep_alive", "no_body", "until_close")
 
-    def __init__(self, content_length: int | None, chunked: bool, until_close: bool, keep_alive: bool) -> None:
+    def __init__(
+        self, content_length: int | None, chunked: bool, until_close: bool, keep_alive: bool, *, no_body: bool
+    ) -> None:
         self.content_length = content_length  # as the upstream declared it (also for HEAD and 304)
+        self.no_body = no_body  # the answer to a HEAD, a 204 or a 304: no body, whatever the length says
         self.chunked = chunked
         self.until_close = until_close  # no length: the body ends when the upstream closes
         self.keep_alive = keep_alive
@@ -239,7 +242,7 @@ class UpstreamConnection(Connection):
             raise _UnsupportedFraming
         self._framing = framing
         consumer.upstream_head(status, self._reason, self._fields, framing)
-        if self._head_only or status in _NO_BODY_STATUS:
+        if framing.no_body:
             self._ended = True  # llhttp would wait for a HEAD response's declared body: it never comes
 
     def on_body(self, data: bytes) -> None:
@@ -290,7 +293,9 @@ def _response_framing(
             chunked = True
     no_body = head_only or status in _NO_BODY_STATUS
     until_close = not no_body and not chunked and content_length is None
-    return ResponseFraming(content_length, chunked and not no_body, until_close, keep_alive and not until_close)
+    return ResponseFraming(
+        content_length, chunked and not no_body, until_close, keep_alive and not until_close, no_body=no_body
+    )
 
 
 class UpstreamPool:
