@@ -16,8 +16,7 @@ import pytest
 from scopegate.bearer import bearer_token
 from scopegate.config import parse_config
 from scopegate.errors import MissingToken, Reason
-from scopegate.gate import ALLOW, AUDIT_DENY, DENY, Gate, Verdict, header_value, request_id
-from scopegate.pipeline import build_router
+from scopegate.gate import ALLOW, AUDIT_DENY, DENY, Gate, Verdict, build_router, header_value, request_id
 from scopegate.request import Headers, RequestFacts
 from scopegate.tokens import Claims, claims_from_payload
 

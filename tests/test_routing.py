@@ -59,7 +59,13 @@ from scopegate.routing import (
     ],
 )
 def test_normalize_path_accepts(raw: str, expected: str) -> None:
-    assert normalize_path(raw) == expected
+    """With path parameters allowed (`allow_path_parameters: true`); without, a `;` is refused, and only that."""
+    assert normalize_path(raw, allow_parameters=True) == expected
+    if ";" in raw:
+        with pytest.raises(BadPath, match="path_parameters"):
+            normalize_path(raw)
+    else:
+        assert normalize_path(raw) == expected
 
 
 def test_normalize_path_returns_plain_path_unchanged() -> None:
@@ -107,12 +113,33 @@ def test_normalize_path_returns_plain_path_unchanged() -> None:
     ],
 )
 def test_normalize_path_refuses(raw: str, detail: str) -> None:
+    """Refused even where path parameters are allowed."""
     with pytest.raises(BadPath) as caught:
-        normalize_path(raw)
+        normalize_path(raw, allow_parameters=True)
     assert caught.value.detail == detail
     assert caught.value.status == 400
     assert caught.value.reason is Reason.BAD_PATH
     assert caught.value.description  # a sentence for the client, never empty
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("/admin;x/secret", id="tomcat-strips-it-to-admin-secret"),
+        pytest.param("/admin%3Bx/secret", id="encoded"),
+        pytest.param("/admin%3bx/secret", id="encoded-lower-case"),
+        pytest.param("/a/b;", id="empty-parameter-last"),
+        pytest.param("/a;jsessionid=1", id="session-id"),
+        pytest.param("/a%2e;x/..", id="mixed-with-escapes"),
+        pytest.param("/public/..;/admin", id="tomcat-dot-dot-semicolon"),
+    ],
+)
+def test_path_parameters_are_refused_by_default(raw: str) -> None:
+    """`/admin;x/secret` must not slip past `/admin/**` to a broader route that Tomcat would serve as /admin/secret."""
+    with pytest.raises(BadPath) as caught:
+        normalize_path(raw)
+    assert (caught.value.detail, caught.value.status) == ("path_parameters", 400)
+    assert "%3B" in caught.value.description
 
 
 @pytest.mark.parametrize(
@@ -152,9 +179,19 @@ _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 def _normalized_or_none(raw: str) -> str | None:
     try:
-        return normalize_path(raw)
+        return normalize_path(raw, allow_parameters=True)
     except BadPath:
         return None
+
+
+@given(_HOSTILE_PATHS)
+def test_by_default_no_accepted_path_has_parameters(raw: str) -> None:
+    try:
+        out = normalize_path(raw)
+    except BadPath:
+        return
+    assert ";" not in out
+    assert "%3B" not in out.upper()
 
 
 @given(_HOSTILE_PATHS)
@@ -181,7 +218,7 @@ def test_normalize_path_is_idempotent(raw: str) -> None:
     """The upstream re-normalizing what it is sent must land on the same path the routes saw."""
     out = _normalized_or_none(raw)
     if out is not None:
-        assert normalize_path(out) == out
+        assert normalize_path(out, allow_parameters=True) == out
 
 
 @given(_HOSTILE_PATHS)
@@ -200,7 +237,7 @@ _LITERAL_SEGMENT = st.text(alphabet="abcXYZ019-._~!$&'()+,;=:@", min_size=1, max
 def test_literal_template_matches_its_own_source(source: str) -> None:
     """A literal template is itself a normalized path, so a request for exactly it reaches the route."""
     template = compile_template(source)
-    assert normalize_path(source) == source
+    assert normalize_path(source, allow_parameters=True) == source
     assert template.match(source) == {}
     assert template.match(source + "/") == {}
 

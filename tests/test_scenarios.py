@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from scopegate.gate import build_router
+
 from conftest import API, IssuerServer, Proxy
 
 
@@ -104,7 +106,7 @@ async def test_decision_through_the_proxy(
 
 
 def _route_of(proxy: Proxy, method: str, path: str) -> str:
-    match = proxy.server.gateway.pipeline.rules.router.match(method, path.split("?")[0])
+    match = build_router(proxy.server.gateway.pipeline.rules.config).match(method, path.split("?")[0])
     return match.target.name if match else ""
 
 

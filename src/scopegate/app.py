@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from scopegate.config import AuthConfig, Config
+from scopegate.config import AuthConfig, Config, Limits
 from scopegate.discovery import HttpJwksFetcher, new_session
 from scopegate.gate import BearerCredentials
 from scopegate.jwks import JwksCache
@@ -34,7 +34,11 @@ RESTART_ONLY = ("listen", "admin_listen", "auth")
 
 
 def build_verifier(
-    auth: AuthConfig, session: aiohttp.ClientSession, *, on_refresh: Callable[[bool, int], None] | None = None
+    auth: AuthConfig,
+    session: aiohttp.ClientSession,
+    *,
+    on_refresh: Callable[[bool, int], None] | None = None,
+    max_token_bytes: int = Limits().max_token_bytes,
 ) -> tuple[JwksCache, TokenVerifier]:
     """The issuer's key cache (fetching over `session`) and the token verifier that uses it, from `auth`.
 
@@ -51,7 +55,12 @@ def build_verifier(
         on_keys_removed=verified.forget_keys,
     )
     verifier = TokenVerifier(
-        issuer=auth.issuer, algorithms=auth.algorithms, leeway_seconds=auth.leeway_seconds, keys=keys, cache=verified
+        issuer=auth.issuer,
+        algorithms=auth.algorithms,
+        leeway_seconds=auth.leeway_seconds,
+        keys=keys,
+        cache=verified,
+        max_token_bytes=max_token_bytes,
     )
     return keys, verifier
 
@@ -86,7 +95,12 @@ class Gateway:
 
     async def start(self) -> None:
         self._session = new_session()
-        self._keys, self._verifier = build_verifier(self.config.auth, self._session, on_refresh=self._keys_refreshed)
+        self._keys, self._verifier = build_verifier(
+            self.config.auth,
+            self._session,
+            on_refresh=self._keys_refreshed,
+            max_token_bytes=self.config.limits.max_token_bytes,
+        )
         self._credentials = BearerCredentials(self._verifier)
         self._pipeline = Pipeline(rules=Ruleset.build(self.config, self._credentials), metrics=self.metrics)
         self._tasks = [

@@ -62,7 +62,8 @@ def organization_id(
     if source.source is OrganizationFrom.PATH:
         values = [params[source.name]] if source.name in params else []
     elif source.source is OrganizationFrom.HEADER:
-        values = headers.getall(source.name)
+        # `X_Org` beside `X-Org` is "several": the app may read either one as the organization header.
+        values = headers.getall_twins(source.name)
     else:
         values = query_values(query, source.name)
     where = f"{source.source.value} {source.name!r}"

@@ -8,6 +8,7 @@ the schema, have their own module (`rules.py`); this one holds what the process 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,8 @@ class Limits:
     max_body_bytes: int | None = None  # None: unlimited -> 413
     request_header_timeout_seconds: float = 10.0  # the whole request head must arrive within this -> 408
     keepalive_timeout_seconds: float = 75.0  # an idle client connection is closed after this
+    max_connections: int = 10000  # open client connections per process; more are answered 503 and closed
+    max_token_bytes: int = 16384  # a longer bearer token is refused as invalid_token (401) before any decoding
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +80,13 @@ class Config:
     auth: AuthConfig
     routes: tuple[RouteRule, ...]
     limits: Limits = Limits()
+    # `;` and `%3B` in a path are refused unless the upstream really uses matrix parameters: Tomcat, Jetty and
+    # Spring drop `;x` before routing, so `/admin;x/secret` would be served as `/admin/secret`.
+    allow_path_parameters: bool = False
+    # X-Forwarded-Proto/-Host/-For from the client are kept (appended to) when true: right behind an Ingress that
+    # sets them, wrong where clients reach the port directly.
+    trust_forwarded_headers: bool = True
+    digest: str = "none"  # of the very bytes this config was parsed from ("none" when not read from a file)
 
 
 DEFAULT_LISTEN = "0.0.0.0:8080"  # a sidecar must accept traffic from the pod network
@@ -93,6 +103,8 @@ _TOP_KEYS = (
     "auth",
     "routes",
     "limits",
+    "allow_path_parameters",
+    "trust_forwarded_headers",
 )
 _AUTH_KEYS = (
     "issuer",
@@ -109,23 +121,39 @@ DEFAULT_TOKEN_CACHE_ENTRIES = 4096
 def load_config(path: str | Path) -> Config:
     """Read and validate a config file; raises ConfigError listing every problem as FILE:LINE: message."""
     source = Path(path)
+    return config_from_bytes(read_config_bytes(source), source)
+
+
+def read_config_bytes(source: Path) -> bytes:
     try:
-        text = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        return source.read_bytes()
+    except OSError as exc:
         raise ConfigError([f"{source}:1: cannot read the config file: {exc}"]) from exc
-    return parse_config(text, source)
 
 
-def parse_config(text: str, source: Path | None = None) -> Config:
+def config_from_bytes(raw: bytes, source: Path) -> Config:
+    """The config in `raw`, read from `source`; its `digest` names exactly these bytes."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{source}:1: cannot read the config file: {exc}"]) from exc
+    return parse_config(text, source, digest=content_digest(raw))
+
+
+def content_digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def parse_config(text: str, source: Path | None = None, *, digest: str = "none") -> Config:
     problems = Problems(str(source) if source else "<config>")
     root = compose(text, problems)
-    config = _parse_root(root, source) if root is not None else None
+    config = _parse_root(root, source, digest) if root is not None else None
     if problems.lines or config is None:
         raise ConfigError(problems.lines or [f"{problems.file}:1: invalid config"])
     return config
 
 
-def _parse_root(root: Field, source: Path | None) -> Config | None:
+def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
     members = root.mapping(_TOP_KEYS)
     if members is None:
         return None
@@ -139,6 +167,8 @@ def _parse_root(root: Field, source: Path | None) -> Config | None:
     auth = optional(members, "auth", _auth, None)
     routes = optional(members, "routes", lambda f: parse_routes(f, Mode(mode or Mode.ENFORCE)), None)
     limits = optional(members, "limits", _limits, Limits())
+    path_parameters = optional(members, "allow_path_parameters", lambda f: f.boolean(), False)
+    trust_forwarded = optional(members, "trust_forwarded_headers", lambda f: f.boolean(), True)
     if listen is not None and admin is not None and _same_socket(listen, admin):
         _port_clash(members, listen, admin)
     values = {
@@ -148,7 +178,7 @@ def _parse_root(root: Field, source: Path | None) -> Config | None:
     }
     if listen is None or admin is None or upstream is None or auth is None or routes is None or mode is None:
         return None
-    if limits is None:
+    if limits is None or path_parameters is None or trust_forwarded is None:
         return None
     if None in values.values():
         return None
@@ -164,6 +194,9 @@ def _parse_root(root: Field, source: Path | None) -> Config | None:
         auth=auth,
         routes=routes,
         limits=limits,
+        allow_path_parameters=path_parameters,
+        trust_forwarded_headers=trust_forwarded,
+        digest=digest,
     )
 
 
@@ -247,6 +280,8 @@ _LIMIT_KEYS = (
     "max_body_bytes",
     "request_header_timeout_seconds",
     "keepalive_timeout_seconds",
+    "max_connections",
+    "max_token_bytes",
 )
 
 
@@ -267,7 +302,11 @@ def _limits(field: Field) -> Limits | None:
         members, "request_header_timeout_seconds", _positive, default.request_header_timeout_seconds
     )
     keepalive = optional(members, "keepalive_timeout_seconds", _positive, default.keepalive_timeout_seconds)
+    connections = whole("max_connections", 1, default.max_connections)
+    token = whole("max_token_bytes", 256, default.max_token_bytes)
     if line is None or header_bytes is None or header_count is None or header_timeout is None or keepalive is None:
+        return None
+    if connections is None or token is None:
         return None
     if body is None and "max_body_bytes" in members:
         return None
@@ -278,6 +317,8 @@ def _limits(field: Field) -> Limits | None:
         max_body_bytes=body,
         request_header_timeout_seconds=header_timeout,
         keepalive_timeout_seconds=keepalive,
+        max_connections=connections,
+        max_token_bytes=token,
     )
 
 

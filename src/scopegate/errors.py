@@ -19,6 +19,7 @@ meets them and never reach the pipeline.
         ├── MissingToken       no bearer token                                           -> 401
         ├── InvalidToken       the token fails a syntax, signature or claim check        -> 401
         ├── JwksUnavailable    no signing keys were ever loaded                          -> 503
+        ├── Overloaded         more client connections open than the limit allows          -> 503
         ├── UpstreamError      the upstream could not be reached or broke off            -> 502
         └── UpstreamTimeout    the upstream did not answer in time                       -> 504
 """
@@ -49,6 +50,8 @@ class Reason(enum.StrEnum):
     UPSTREAM_TIMEOUT = "upstream_timeout"
     BAD_PATH = "bad_path"
     BAD_REQUEST = "bad_request"
+    OVERLOADED = "overloaded"  # more client connections than `limits.max_connections`
+    INTERNAL_ERROR = "internal_error"  # a bug in scopegate: logged with its traceback, answered 500
 
     @property
     def allows(self) -> bool:
@@ -98,6 +101,10 @@ RESPONSES: dict[Reason, Response] = {
     Reason.UPSTREAM_TIMEOUT: Response(504, "gateway_timeout", Challenge.NONE, "the upstream did not answer in time"),
     Reason.BAD_PATH: Response(400, "invalid_request", Challenge.NONE, "the request path is ambiguous"),
     Reason.BAD_REQUEST: Response(400, "invalid_request", Challenge.NONE, "the request is malformed"),
+    Reason.OVERLOADED: Response(
+        503, "temporarily_unavailable", Challenge.NONE, "too many connections are open; retry later"
+    ),
+    Reason.INTERNAL_ERROR: Response(500, "server_error", Challenge.NONE, "scopegate failed to handle the request"),
 }
 
 # Seconds a client is asked to wait after a 503 for missing signing keys.
@@ -172,6 +179,12 @@ class JwksUnavailable(Rejection):
     """No signing keys have ever been loaded, so no token can be verified: fail closed."""
 
     reason = Reason.JWKS_UNAVAILABLE
+
+
+class Overloaded(Rejection):
+    """The connection would be one more than `limits.max_connections`: answered at once and closed."""
+
+    reason = Reason.OVERLOADED
 
 
 class UpstreamError(Rejection):

@@ -20,7 +20,6 @@ from scopegate.config import Config
 from scopegate.errors import RESPONSES, MissingToken, Reason
 from scopegate.gate import Credentials, Gate
 from scopegate.jwks import JwksCache
-from scopegate.pipeline import build_router
 from scopegate.policy import Decision
 from scopegate.request import Headers, RequestFacts
 from scopegate.rules import RouteRule, ScopeMode
@@ -94,7 +93,7 @@ async def explain(
     facts = RequestFacts(result.method, _target(url), Headers.of((headers or {}).items()))
     async with aiohttp.ClientSession() as session:
         credentials = _credentials(config, session, token, claims, result)
-        verdict = await Gate(build_router(config), credentials).decide_now(facts)
+        verdict = await Gate.of(config, credentials).decide_now(facts)
     result.path = "" if verdict.reason is Reason.BAD_PATH else verdict.path
     result.route = verdict.route
     result.decision = Decision(verdict.reason, verdict.detail, verdict.description)
@@ -152,5 +151,5 @@ def _credentials(
         return _GivenClaims(claims, result)
     if token is None:
         return _NoToken()
-    keys, verifier = build_verifier(config.auth, session)
+    keys, verifier = build_verifier(config.auth, session, max_token_bytes=config.limits.max_token_bytes)
     return _GivenToken(keys, verifier, token, result)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from scopegate.bearer import bearer_credentials, check_format, organization_id
+from scopegate.config import Config
 from scopegate.errors import RESPONSES, BadPath, NoRoute, Reason, Rejection
 from scopegate.policy import ORGANIZATION_CHECKED, decide
 from scopegate.request import Headers, RequestFacts
@@ -46,7 +47,7 @@ AUDITABLE = frozenset(
 ALLOW, DENY, AUDIT_DENY = "allow", "deny", "audit_deny"
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_VISIBLE_ASCII = "".join(map(chr, range(0x20, 0x7F)))
+_HEADER_SAFE = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) != "%")
 _LOGGED_PATH_MAX = 512
 
 # Request ids: a random per-process prefix and a counter. Unique across processes and restarts like uuid4, without
@@ -101,6 +102,7 @@ class Verdict:
     client_id: str | None = None
     organization_id: str | None = None
     identity: tuple[tuple[str, str], ...] = ()  # scopegate's X-Auth-* headers for the upstream
+    forward_token: bool = False  # the client's Authorization header goes upstream: verified, or the route says so
 
     @property
     def forward(self) -> bool:
@@ -119,23 +121,32 @@ class Verdict:
         self.decision, self.reason, self.detail, self.description = DENY, reason, detail, description
         self.status = status or RESPONSES[reason].status
         self.identity = ()
+        self.forward_token = False
         return self
 
 
 class Gate:
     """The stages in order over one set of route rules; `credentials` turns a request into verified claims."""
 
-    __slots__ = ("_credentials", "_router")
+    __slots__ = ("_allow_path_parameters", "_credentials", "_router")
 
-    def __init__(self, router: Router[RouteRule], credentials: Credentials) -> None:
+    def __init__(
+        self, router: Router[RouteRule], credentials: Credentials, *, allow_path_parameters: bool = False
+    ) -> None:
         self._router = router
         self._credentials = credentials
+        self._allow_path_parameters = allow_path_parameters
+
+    @classmethod
+    def of(cls, config: Config, credentials: Credentials) -> Gate:
+        """The gate over a config's routes and path settings."""
+        return cls(build_router(config), credentials, allow_path_parameters=config.allow_path_parameters)
 
     def decide(self, request: RequestFacts, request_id: str) -> Verdict | Coroutine[Any, Any, Verdict]:
         """The verdict, or a coroutine resolving to it when a token has to be verified first."""
         verdict = Verdict(request_id, request.method)
         try:
-            verdict.path, verdict.query = split_target(request.target)
+            verdict.path, verdict.query = split_target(request.target, self._allow_path_parameters)
         except Rejection as exc:
             verdict.path = _loggable(request.target)
             return _refused(verdict, None, exc)
@@ -147,6 +158,7 @@ class Gate:
             route = verdict.route = match.target
             if route.public:
                 verdict.decision, verdict.reason, verdict.identity = ALLOW, Reason.PUBLIC, _route_only(route)
+                verdict.forward_token = route.forward_unverified_token
                 return verdict
             if route.organization is not None:
                 verdict.organization_id = organization_id(
@@ -163,6 +175,10 @@ class Gate:
         """`decide`, awaited: for front doors that are coroutines anyway (explain, policy tests)."""
         verdict = self.decide(request, request_id)
         return verdict if isinstance(verdict, Verdict) else await verdict
+
+
+def build_router(config: Config) -> Router[RouteRule]:
+    return Router([(rule.template, rule.methods, rule) for rule in config.routes])
 
 
 async def _conclude_after(verdict: Verdict, route: RouteRule, pending: Awaitable[Claims]) -> Verdict:
@@ -189,7 +205,8 @@ def _conclude(verdict: Verdict, route: RouteRule, claims: Claims) -> Verdict:
         return verdict.refuse(decision.reason, decision.detail, decision.description)
     # The organization the request named is vouched for only once policy has compared it with the token.
     organization = requested if decision.reason in ORGANIZATION_CHECKED else None
-    verdict.identity = _identity(route, claims, organization)
+    verdict.identity = _identity(route, claims, organization, audited=verdict.decision == AUDIT_DENY)
+    verdict.forward_token = True
     return verdict
 
 
@@ -197,17 +214,26 @@ def _refused(verdict: Verdict, route: RouteRule | None, exc: Rejection) -> Verdi
     """A stage refused the request; audit mode forwards the auditable refusals, without any identity."""
     if route is not None and route.mode is Mode.AUDIT and exc.reason in AUDITABLE:
         verdict.decision, verdict.reason, verdict.detail = AUDIT_DENY, exc.reason, exc.detail
-        verdict.identity = _route_only(route)
+        verdict.identity = (*_route_only(route), _AUDIT_DENIED)
+        verdict.forward_token = route.forward_unverified_token
         return verdict
     return verdict.refuse(exc.reason, exc.detail, exc.description, exc.status)
+
+
+# Tells the upstream that policy denied what it is being asked to serve (audit mode), so it can refuse it itself.
+_AUDIT_DENIED = ("X-Auth-Decision", AUDIT_DENY)
 
 
 def _route_only(route: RouteRule) -> tuple[tuple[str, str], ...]:
     return (("X-Auth-Route", route.name),)
 
 
-def _identity(route: RouteRule, claims: Claims, organization: str | None) -> tuple[tuple[str, str], ...]:
+def _identity(
+    route: RouteRule, claims: Claims, organization: str | None, *, audited: bool
+) -> tuple[tuple[str, str], ...]:
     headers = [("X-Auth-Route", route.name), ("X-Auth-Scopes", header_value(claims.scope))]
+    if audited:
+        headers.append(_AUDIT_DENIED)
     if claims.subject is not None:
         headers.append(("X-Auth-Subject", header_value(claims.subject)))
     if claims.client_id is not None:
@@ -218,12 +244,18 @@ def _identity(route: RouteRule, claims: Claims, organization: str | None) -> tup
 
 
 def header_value(value: str) -> str:
-    """Claims are attacker-influenced text: anything outside visible ASCII is percent-encoded, never passed raw."""
+    """Claims are attacker-influenced text: anything outside visible ASCII, and `%`, is percent-encoded.
+
+    `%` is encoded too so that the encoding is reversible: a claim holding `\r` and one holding the text `%0D`
+    must never reach the upstream as the same header value.
+    """
     # For ASCII text, isprintable() is exactly "space or visible": no control character, no DEL.
-    return value if value.isascii() and value.isprintable() else quote(value, safe=_VISIBLE_ASCII)
+    if value.isascii() and value.isprintable() and "%" not in value:
+        return value
+    return quote(value, safe=_HEADER_SAFE)
 
 
-def split_target(target: str) -> tuple[str, str]:
+def split_target(target: str, allow_path_parameters: bool = False) -> tuple[str, str]:
     """The normalized path and the raw query of a request target (origin-form or absolute-form)."""
     if not target.startswith("/"):
         if not target.startswith(("http://", "https://")):
@@ -231,7 +263,7 @@ def split_target(target: str) -> tuple[str, str]:
         parts = urlsplit(target)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     raw_path, _, query = target.partition("?")
-    return normalize_path(raw_path), query
+    return normalize_path(raw_path, allow_parameters=allow_path_parameters), query
 
 
 def request_id(headers: Headers) -> str:

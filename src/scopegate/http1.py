@@ -21,7 +21,7 @@ from typing import NoReturn, Protocol
 import httptools
 
 from scopegate.config import Limits
-from scopegate.errors import BadRequest
+from scopegate.errors import BadRequest, Overloaded, Rejection
 from scopegate.request import Headers, RequestFacts
 from scopegate.transport import Connection
 from scopegate.wire import Framing, read_framing
@@ -72,7 +72,9 @@ class Listener(Protocol):
     handler: RequestHandler
     draining: bool
 
-    def joined(self, connection: ClientConnection) -> None: ...
+    def joined(self, connection: ClientConnection) -> bool:
+        """Count the connection in; False when that makes one more than `limits.max_connections`."""
+        ...
 
     def forget(self, connection: ClientConnection) -> None: ...
 
@@ -84,7 +86,7 @@ class RequestHandler(Protocol):
 
     def handle(self, connection: ClientConnection, request: IncomingRequest) -> None: ...
 
-    def refuse(self, connection: ClientConnection, error: BadRequest, method: str) -> None: ...
+    def refuse(self, connection: ClientConnection, error: Rejection, method: str) -> None: ...
 
 
 class IncomingRequest:
@@ -191,7 +193,7 @@ class _Refusal:
 
     __slots__ = ("error", "method")
 
-    def __init__(self, error: BadRequest, method: str) -> None:
+    def __init__(self, error: Rejection, method: str) -> None:
         self.error = error
         self.method = method
 
@@ -245,10 +247,13 @@ class ClientConnection(Connection):
         self.peer_bytes = self.peer.encode("ascii")
         self.local_bytes = self.local.encode("ascii")
         self.forwarded_for = b"X-Forwarded-For: %s\r\n" % self.peer_bytes  # for requests that bring none
-        self._server.joined(self)
+        room = self._server.joined(self)
         self._set_deadline(_HEAD, self.limits.request_header_timeout_seconds)
         if self._server.draining:
             self.shutdown()
+        elif not room:
+            # Answered before anything is read, so a flood of idle connections cannot starve the ones serving.
+            self._refuse_now(_Refusal(Overloaded("too_many_connections"), ""))
 
     def data_received(self, data: bytes) -> None:
         if self._upgraded:

@@ -30,8 +30,9 @@ class Http1Server:
         self._sweeper: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def joined(self, connection: ClientConnection) -> None:
+    def joined(self, connection: ClientConnection) -> bool:
         self.connections.add(connection)
+        return len(self.connections) <= self.limits.max_connections
 
     def forget(self, connection: ClientConnection) -> None:
         self.connections.discard(connection)

@@ -18,15 +18,13 @@ from typing import Any
 import structlog
 
 from scopegate.config import Config
-from scopegate.errors import BadRequest, Reason
+from scopegate.errors import Reason, Rejection
 from scopegate.gate import Credentials, Gate, Verdict, request_id
 from scopegate.http1 import ClientConnection, IncomingRequest
 from scopegate.observability import Metrics, bound_logger
 from scopegate.proxy import BROKEN_BY_CLIENT, BROKEN_BY_UPSTREAM, Exchange
 from scopegate.request import Headers
 from scopegate.responses import rejection
-from scopegate.routing import Router
-from scopegate.rules import RouteRule
 from scopegate.upstream import UpstreamPool
 from scopegate.wire import encode_response
 
@@ -36,23 +34,18 @@ _CLIENT_GONE = 499  # nginx's status for a client that closed the connection bef
 _log = structlog.get_logger("scopegate")
 
 
-def build_router(config: Config) -> Router[RouteRule]:
-    return Router([(rule.template, rule.methods, rule) for rule in config.routes])
-
-
 @dataclass(frozen=True, slots=True)
 class Ruleset:
     """A config with its compiled decision and its upstream: what a reload swaps in as one unit."""
 
     config: Config
-    router: Router[RouteRule]
     gate: Gate
     pool: UpstreamPool
 
     @classmethod
     def build(cls, config: Config, credentials: Credentials) -> Ruleset:
-        router = build_router(config)
-        return cls(config, router, Gate(router, credentials), UpstreamPool(config.upstream))
+        gate = Gate.of(config, credentials)
+        return cls(config, gate, UpstreamPool(config.upstream, trust_forwarded=config.trust_forwarded_headers))
 
     def retire(self) -> None:
         """Replaced by a reload: idle upstream connections close now, busy ones when their exchange ends."""
@@ -78,13 +71,17 @@ class Pipeline:
         started = time.perf_counter()
         rules = self.rules
         self._metrics.inflight.inc()
-        decided = rules.gate.decide(request.facts, request_id(request.facts.headers))
-        if isinstance(decided, Verdict):
-            self._act(connection, request, decided, rules, started)
-        else:
-            self._verify_then_act(decided, connection, request, rules, started)
+        rid = request_id(request.facts.headers)
+        try:
+            decided = rules.gate.decide(request.facts, rid)
+            if isinstance(decided, Verdict):
+                self._act(connection, request, decided, rules, started)
+            else:
+                self._verify_then_act(decided, connection, request, rules, started, rid)
+        except Exception as exc:  # a bug of ours: answer it as one, never as the client's fault
+            self._failed(connection, request, Verdict(rid, request.method), exc, started)
 
-    def refuse(self, connection: ClientConnection, error: BadRequest, method: str) -> None:
+    def refuse(self, connection: ClientConnection, error: Rejection, method: str) -> None:
         """A request whose framing is broken: answered, logged and counted like any refusal, then closed."""
         started = time.perf_counter()
         verdict = Verdict(request_id(Headers()), method).refuse(
@@ -102,30 +99,52 @@ class Pipeline:
         request: IncomingRequest,
         rules: Ruleset,
         started: float,
+        rid: str,
     ) -> None:
         task = asyncio.ensure_future(pending)
         self._pending.add(task)
 
         def decided(finished: asyncio.Task[Verdict]) -> None:
             self._pending.discard(finished)
-            if finished.cancelled() or finished.exception() is not None:
-                self._broke(connection, finished)
+            if finished.cancelled():  # shutdown: nothing safe can be said, so cut
+                self._metrics.inflight.dec()
+                connection.cut()
+                return
+            failure = finished.exception()
+            if failure is not None:
+                self._failed(connection, request, Verdict(rid, request.method), failure, started)
                 return
             verdict = finished.result()
             if connection.closed:
                 verdict.detail = _gone_detail(connection, verdict.detail)
                 self._observe(verdict, _CLIENT_GONE, started, None)
             else:
-                self._act(connection, request, verdict, rules, started)
+                try:
+                    self._act(connection, request, verdict, rules, started)
+                except Exception as exc:
+                    self._failed(connection, request, verdict, exc, started)
 
         task.add_done_callback(decided)
 
-    def _broke(self, connection: ClientConnection, task: asyncio.Task[Verdict]) -> None:
-        """A verification cancelled (shutdown) or failed unexpectedly: nothing safe can be said, so cut."""
-        self._metrics.inflight.dec()
-        if not task.cancelled():
-            _log.error("verification_failed", exc_info=task.exception())
-        connection.cut()
+    def _failed(
+        self,
+        connection: ClientConnection,
+        request: IncomingRequest,
+        verdict: Verdict,
+        exc: BaseException,
+        started: float,
+    ) -> None:
+        """An unexpected exception: logged with its traceback, answered 500 when nothing was sent yet, counted."""
+        _log.error("internal_error", request_id=verdict.request_id, exc_info=exc)
+        verdict.refuse(Reason.INTERNAL_ERROR, type(exc).__name__)
+        if not verdict.path:
+            verdict.path = request.facts.target.partition("?")[0][:_LOGGED_PATH_MAX]
+        if not connection.closed:
+            self._send_rejection(
+                connection, verdict, version=request.version, keep_alive=False, head_only=request.method == "HEAD"
+            )
+        self._observe(verdict, verdict.status, started, None)
+        connection.finish(request, keep_alive=False)
 
     def _act(
         self, connection: ClientConnection, request: IncomingRequest, verdict: Verdict, rules: Ruleset, started: float

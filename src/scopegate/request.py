@@ -40,6 +40,11 @@ class Headers:
         key = _key(name)
         return [value.decode("latin-1") for lower, _, value in self.fields if lower == key]
 
+    def getall_twins(self, name: str) -> list[str]:
+        """`getall`, counting `_` and `-` as the same: CGI/WSGI-style servers read `X_Org` and `X-Org` as one field."""
+        key = _key(name).replace(b"_", b"-")
+        return [value.decode("latin-1") for lower, _, value in self.fields if lower.replace(b"_", b"-") == key]
+
     def get(self, name: str) -> str | None:
         """The first value of `name`, or None."""
         key = _key(name)

@@ -43,7 +43,7 @@ def rejection(
     challenge = _challenge(shape.challenge, text, required_scopes)
     if challenge:
         headers["WWW-Authenticate"] = challenge
-    if reason is Reason.JWKS_UNAVAILABLE:
+    if reason is Reason.JWKS_UNAVAILABLE or reason is Reason.OVERLOADED:
         headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     body = json.dumps({"error": shape.error, "error_description": text}).encode()
     return RejectionResponse(status or shape.status, body, headers)

@@ -2,8 +2,9 @@
 
 What was authorized is exactly what is forwarded: the normalized path and the raw query on the request line, the
 client's end-to-end fields as they came. Hop-by-hop fields (RFC 9110 section 7.6.1, and any the Connection field
-names) and client-sent identity fields (`X-Auth-*`, `X_Auth_*`) are dropped; scopegate's identity fields,
-`X-Forwarded-*` and `X-Request-Id` are added; the framing fields are stated anew for the body as it is relayed.
+names) and client-sent identity fields (`X-Auth-*`, `X_Auth_*`) are dropped, and so is an `Authorization` field
+scopegate did not verify; scopegate's identity fields, `X-Forwarded-*` and `X-Request-Id` are added; the framing
+fields are stated anew for the body as it is relayed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ HOP_BY_HOP = frozenset(
 _REQUEST_DROPPED = HOP_BY_HOP | {b"expect", b"content-length", b"x-request-id", b"x-forwarded-for"}
 _RESPONSE_DROPPED = HOP_BY_HOP | {b"content-length"}
 # Looked at one by one; every other field passes unless it is an identity header or named in Connection.
-_REQUEST_SPECIAL = _REQUEST_DROPPED | {b"host", b"x-forwarded-proto", b"x-forwarded-host"}
+_REQUEST_SPECIAL = _REQUEST_DROPPED | {b"host", b"x-forwarded-proto", b"x-forwarded-host", b"authorization"}
 # `X-Auth-*` in any case, with `_` for `-` too: CGI-style servers read `X_Auth_Sub` as `X-Auth-Sub`.
 _IDENTITY_PREFIXES = (
     IDENTITY_HEADER_PREFIX.encode(),
@@ -98,18 +99,23 @@ def request_head(request: IncomingRequest, verdict: Verdict, pool: UpstreamPool,
     earlier: list[bytes] = []
     host = proto = forwarded_host = b""
     listed = framing.connection_tokens
+    trusted = pool.trust_forwarded
     for lower, name, value in request.facts.headers.fields:
         if lower in _REQUEST_SPECIAL:
             if lower in listed:
                 continue
             if lower == b"host":
                 host = value
-            elif lower == b"x-forwarded-proto":
+            elif lower == b"authorization":
+                # A token nobody verified must not reach the app looking like one that was (`alg: none`...).
+                if not verdict.forward_token:
+                    continue
+            elif lower == b"x-forwarded-proto" and trusted:
                 proto = value
-            elif lower == b"x-forwarded-host":
+            elif lower == b"x-forwarded-host" and trusted:
                 forwarded_host = value
             else:
-                if lower == b"x-forwarded-for":
+                if lower == b"x-forwarded-for" and trusted:
                     earlier.append(value)
                 continue
         elif lower.startswith(_IDENTITY_PREFIXES) or lower in listed:

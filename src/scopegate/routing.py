@@ -4,7 +4,8 @@ The normalized path is both what the routes are matched against and what is forw
 upstream sees exactly the path that was authorized. Normalization follows RFC 3986 section 6.2.2 (case of
 percent-escapes, decoding of unreserved characters, dot segments) and refuses, rather than guesses at,
 anything that different upstream parsers could read differently: an encoded `/` or `\\`, a raw `\\`, control
-characters, a `..` above the root and Tomcat-style `..;` segments. Path smuggling lives in exactly those gaps
+characters, a `..` above the root and path parameters (`;x`, which Tomcat, Jetty and Spring cut off before
+routing; with parameters allowed, still the `..;` segments). Path smuggling lives in exactly those gaps
 between what a proxy checks and what a backend serves.
 
 Templates (`/api/reports/{id}`, `/static/**`) compile to one anchored regex each when the config is loaded, so
@@ -46,19 +47,24 @@ _ESCAPE_OR_UNSAFE = re.compile(f"%[0-9A-Fa-f]{{2}}|[^{_PCHAR}/%]")
 _PARAMETERS = re.compile("(?:;|%3B)")
 
 
-def normalize_path(raw: str) -> str:
+def normalize_path(raw: str, *, allow_parameters: bool = False) -> str:
     """The canonical form of a request path (the caller has cut it at `?`), or `BadPath` if it is ambiguous.
 
     The result is idempotent (`normalize_path(out) == out`), ASCII, starts with `/`, has no empty or dot
-    segments and keeps a trailing `/`, so the upstream gets what the routes were matched against.
+    segments and keeps a trailing `/`, so the upstream gets what the routes were matched against. Path parameters
+    (`;` or `%3B` anywhere in the path) are refused unless `allow_parameters`.
     """
     if len(raw) > MAX_PATH_LENGTH:
         raise _too_long()
     if _PLAIN.fullmatch(raw):
+        if not allow_parameters and ";" in raw:
+            raise _parameters()
         return raw
     if not raw.startswith("/"):
         raise BadPath("not_absolute", "the request path must start with '/'")
     _refuse_ambiguous_characters(raw)
+    if not allow_parameters and _PARAMETERS.search(raw.upper()):
+        raise _parameters()
     path = _remove_dot_segments(_ESCAPE_OR_UNSAFE.sub(_normalize_escape, raw))
     if len(path) > MAX_PATH_LENGTH:
         raise _too_long()
@@ -67,6 +73,13 @@ def normalize_path(raw: str) -> str:
 
 def _too_long() -> BadPath:
     return BadPath("too_long", f"the request path is longer than {MAX_PATH_LENGTH} characters", status=414)
+
+
+def _parameters() -> BadPath:
+    return BadPath(
+        "path_parameters",
+        "the request path contains a path parameter (';' or %3B), which servers route differently",
+    )
 
 
 def _refuse_ambiguous_characters(raw: str) -> None:
@@ -80,7 +93,7 @@ def _refuse_ambiguous_characters(raw: str) -> None:
     if _ENCODED_SLASH.search(raw):
         raise BadPath("encoded_slash", "the request path contains an encoded '/' (%2F)")
     if _ENCODED_BACKSLASH.search(raw):
-        raise BadPath("encoded_backslash", "the request path contains an encoded '\\' (%5C)")
+        raise BadPath("encoded_backslash", "the request path contains an encoded backslash (%5C)")
     if _ENCODED_CONTROL.search(raw):
         raise BadPath("encoded_control", "the request path contains an encoded control character")
 

@@ -73,12 +73,24 @@ class RouteRule:
     scopes: ScopeRequirement
     claims: tuple[ClaimCondition, ...]
     mode: Mode
+    # The client's Authorization header goes upstream only when scopegate verified it, unless the route says so.
+    forward_unverified_token: bool = False
     line: int  # where the rule starts in the config file
 
 
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_ROUTE_KEYS = ("name", "match", "public", "resource", "organization", "scopes", "claims", "mode")
+_ROUTE_KEYS = (
+    "name",
+    "match",
+    "public",
+    "resource",
+    "organization",
+    "scopes",
+    "claims",
+    "mode",
+    "forward_unverified_token",
+)
 _MOVED_ROUTE_KEYS = {"path": "match", "methods": "match"}
 
 
@@ -125,6 +137,7 @@ def _route(field: Field, default_mode: Mode) -> RouteRule | None:
     scopes = optional(members, "scopes", _scopes, ScopeRequirement(mode=ScopeMode.ALL, scopes=()))
     claims = optional(members, "claims", _claims, ())
     mode = optional(members, "mode", lambda f: f.choice(tuple(Mode)), default_mode)
+    unverified = optional(members, "forward_unverified_token", lambda f: f.boolean(), False)
     if public is True:
         _check_public(field, members)
     elif public is False and "resource" not in members and "organization" not in members:
@@ -134,6 +147,8 @@ def _route(field: Field, default_mode: Mode) -> RouteRule | None:
         )
         return None
     if name is None or matched is None or public is None or scopes is None or claims is None or mode is None:
+        return None
+    if unverified is None:
         return None
     if ("organization" in members and organization is None) or ("resource" in members and resource is None):
         return None
@@ -147,6 +162,7 @@ def _route(field: Field, default_mode: Mode) -> RouteRule | None:
         scopes=scopes,
         claims=claims,
         mode=Mode(mode),
+        forward_unverified_token=unverified,
         line=field.line,
     )
 

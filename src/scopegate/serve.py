@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hashlib
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -21,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from scopegate.app import Gateway, create_admin_app
-from scopegate.config import Config, HostPort, load_config
+from scopegate.config import Config, HostPort, config_from_bytes, content_digest, read_config_bytes
 from scopegate.errors import ConfigError
 from scopegate.listener import Http1Server
 from scopegate.observability import Metrics, batch_logs_in, configure_logging
@@ -32,10 +31,11 @@ WATCH_INTERVAL_SECONDS = 0.5
 
 
 def config_digest(path: Path | None) -> str:
+    """What the file holds now, to compare with what was last tried."""
     if path is None:
         return "none"
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        return content_digest(path.read_bytes())
     except OSError:
         return "unreadable"
 
@@ -53,7 +53,7 @@ class Server:
         self._proxy: Http1Server | None = None
         self.bound: dict[str, HostPort] = {}
         # The content last tried, loaded or not: SIGHUP and the watcher both reload, and neither repeats the other.
-        self.attempted_digest = config_digest(config.source)
+        self.attempted_digest = config.digest
 
     async def start(self) -> None:
         config = self.gateway.config
@@ -68,7 +68,7 @@ class Server:
         where = config.listen
         port = await self._proxy.listen(where.host, where.port, reuse_port=self._reuse_port)
         self.bound["proxy"] = HostPort(host=where.host, port=port)
-        self.gateway.metrics.config_loaded(self.attempted_digest)
+        self.gateway.metrics.config_loaded(config.digest)
         # What start-up made lives as long as the process: out of the collector's way, every collection is shorter.
         gc.freeze()
         log.info(
@@ -101,9 +101,12 @@ class Server:
         if source is None:
             return False
         metrics = self.gateway.metrics
-        self.attempted_digest = config_digest(source)
+        self.attempted_digest = "unreadable"
         try:
-            config = load_config(source)
+            # Read once: the digest logged and exported names exactly the bytes that were (or failed to be) loaded.
+            raw = read_config_bytes(source)
+            self.attempted_digest = content_digest(raw)
+            config = config_from_bytes(raw, source)
         except ConfigError as exc:
             metrics.config_reloads.labels("failure").inc()
             log.error("config_reload_failed", file=str(source), problems=list(exc.problems))
@@ -114,7 +117,7 @@ class Server:
         if self._proxy is not None:
             self._proxy.limits = config.limits  # for connections from now on
         metrics.config_reloads.labels("success").inc()
-        metrics.config_loaded(self.attempted_digest)
+        metrics.config_loaded(config.digest)
         log.info("config_reloaded", file=str(source), routes=len(config.routes))
         if kept:
             log.warning("config_restart_required", settings=kept, note="these keep their old values until a restart")

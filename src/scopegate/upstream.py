@@ -301,8 +301,17 @@ def _response_framing(
 class UpstreamPool:
     """Keep-alive connections to one upstream origin, reused most-recently-used first, at most `max_connections`."""
 
-    def __init__(self, url: str, *, max_connections: int = MAX_CONNECTIONS, idle_seconds: float = IDLE_SECONDS) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_seconds: float = IDLE_SECONDS,
+        trust_forwarded: bool = True,
+    ) -> None:
         parts = urlsplit(url)
+        # Whether the client's X-Forwarded-* fields are passed on (behind a trusted Ingress) or replaced.
+        self.trust_forwarded = trust_forwarded
         self.host = parts.hostname or "127.0.0.1"
         self.https = parts.scheme == "https"
         self.port = parts.port or (443 if self.https else 80)
