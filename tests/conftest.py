@@ -204,3 +204,54 @@ async def start_proxy(upstream: Running) -> AsyncIterator[ProxyFactory]:
 async def proxy(issuer: IssuerServer, upstream: Running, start_proxy: ProxyFactory) -> Proxy:
     """The proxy on RULES, in front of the echo upstream, trusting the development issuer."""
     return await start_proxy(make_config(issuer.issuer.issuer, upstream.url))
+
+
+class GatedUpstream:
+    """An upstream whose progress the test controls, so streaming and in-flight are shown by events, not timings.
+
+    `/hold`: answers 200 once `release` is set. `/drip`: sends a first chunk, then the rest once `release` is set.
+    `/count`: reads the request body, counting bytes in `received` as they arrive (`first_bytes` set at the first).
+    """
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.first_bytes = asyncio.Event()
+        self.received = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/hold", self._hold)
+        app.router.add_get("/drip", self._drip)
+        app.router.add_post("/count", self._count)
+        return app
+
+    async def _hold(self, request: web.Request) -> web.Response:
+        self.entered.set()
+        await asyncio.wait_for(self.release.wait(), 60)
+        return web.Response(text="released")
+
+    async def _drip(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(b"first")
+        await asyncio.wait_for(self.release.wait(), 60)
+        await response.write(b"-rest")
+        await response.write_eof()
+        return response
+
+    async def _count(self, request: web.Request) -> web.Response:
+        async for chunk in request.content.iter_any():
+            self.received += len(chunk)
+            self.first_bytes.set()
+        return web.json_response({"body_bytes": self.received})
+
+
+@pytest.fixture
+async def gated_upstream() -> AsyncIterator[tuple[GatedUpstream, Running]]:
+    gated = GatedUpstream()
+    running = await start_app(gated.app())
+    yield gated, running
+    gated.release.set()
+    await running.stop()

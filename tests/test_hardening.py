@@ -311,3 +311,22 @@ def test_the_config_digest_names_the_bytes_that_were_parsed(tmp_path: Any) -> No
 
 def make_config_text() -> str:
     return "upstream: http://127.0.0.1:1\nauth: {issuer: https://issuer.example}\n" + CATCH_ALL_RULES
+
+
+async def test_a_request_the_parser_refuses_is_one_warning_line_and_a_count(
+    gated: Proxy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No traceback, no echo of the bad bytes: a JSON 400, a decision line at warning level, and a count."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gated.server.bound["proxy"].port)
+    writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 20)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert json.loads(body)["error"] == "invalid_request"
+    assert gated.metrics.requests.labels("", "deny", "bad_request")._value.get() == 1
+    out = capsys.readouterr().out
+    decisions = [line for line in out.splitlines() if "decision" in line and "bad_request" in line]
+    assert len(decisions) == 1
+    assert "warning" in decisions[0]
+    assert "Traceback" not in out

@@ -28,7 +28,18 @@ import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import API, ROOT, RULES, IssuerServer, Proxy, ProxyFactory, Running, free_port, make_config
+from conftest import (
+    API,
+    ROOT,
+    RULES,
+    GatedUpstream,
+    IssuerServer,
+    Proxy,
+    ProxyFactory,
+    Running,
+    free_port,
+    make_config,
+)
 
 # --- helpers shared by the operations tests ---------------------------------------------------------------------
 
@@ -298,18 +309,20 @@ async def test_request_metrics_count_each_decision_and_reason(proxy: Proxy, issu
     assert [dict(labels) for labels in info] == [{"hash": "none"}], "a config parsed from text has no file to hash"
 
 
-async def test_inflight_gauge_counts_a_request_while_the_upstream_is_slow(proxy: Proxy, issuer: IssuerServer) -> None:
+async def test_inflight_gauge_counts_a_request_while_the_upstream_is_slow(
+    issuer: IssuerServer, gated_upstream: tuple[GatedUpstream, Running], start_proxy: ProxyFactory
+) -> None:
+    gated, running = gated_upstream
+    rules = 'routes: [{name: held, match: {path: "/hold"}, resource: "https://api.example.com"}]'
+    proxy = await start_proxy(make_config(issuer.issuer.issuer, running.url, rules=rules))
     token = issuer.issuer.mint(resource=API)
     inflight = "scopegate_inflight_requests"
     assert metric(await scrape(proxy.session, proxy.admin), inflight) == 0
-    slow = asyncio.create_task(status_of(proxy.session, proxy.url + "/slow/1", bearer(token)))
-
-    async def one_in_flight() -> bool:
-        return metric(await scrape(proxy.session, proxy.admin), inflight) == 1
-
-    await eventually(one_in_flight, limit=0.9)
-    assert not slow.done()
-    assert await asyncio.wait_for(slow, timeout=5) == 200
+    held = asyncio.create_task(status_of(proxy.session, proxy.url + "/hold", bearer(token)))
+    await asyncio.wait_for(gated.entered.wait(), 20)  # the upstream has the request and holds it
+    assert metric(await scrape(proxy.session, proxy.admin), inflight) == 1
+    gated.release.set()
+    assert await asyncio.wait_for(held, timeout=20) == 200
     assert metric(await scrape(proxy.session, proxy.admin), inflight) == 0
 
 

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import resource
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
-from conftest import API, IssuerServer, Proxy, ProxyFactory, free_port, make_config, wait_until
+from conftest import API, GatedUpstream, IssuerServer, Proxy, ProxyFactory, Running, free_port, make_config, wait_until
 
 MiB = 1024 * 1024
+_GATED_RULES = """
+routes:
+  - name: gated
+    match: { path: "/**" }
+    resource: https://api.example.com
+"""
 
 
 @pytest.fixture
@@ -78,34 +82,41 @@ async def test_large_download_streams_byte_for_byte(proxy: Proxy, token: str) ->
     assert digest.hexdigest() == expected
 
 
-async def test_upload_is_streamed_not_buffered(proxy: Proxy, token: str) -> None:
-    """512 MiB through the proxy without the process growing by anything like that."""
-    size, chunk = 512 * MiB, b"\xa5" * MiB
-    expected = hashlib.sha256()
+async def test_upload_is_streamed_not_buffered(
+    issuer: IssuerServer, gated_upstream: tuple[GatedUpstream, Running], start_proxy: ProxyFactory, token: str
+) -> None:
+    """The upstream sees the body's first bytes while the client still holds most of it back: nothing buffers it whole.
+
+    The client sends 1 MiB, then waits until the upstream has received bytes before sending the remaining 63 MiB; a
+    proxy that buffered the body before forwarding it would leave the upstream empty and fail the wait.
+    """
+    gated, running = gated_upstream
+    proxy = await start_proxy(make_config(issuer.issuer.issuer, running.url, rules=_GATED_RULES))
+    size, chunk = 64 * MiB, b"\xa5" * MiB
 
     async def body() -> AsyncIterator[bytes]:
-        for _ in range(size // MiB):
-            expected.update(chunk)
+        yield chunk
+        await asyncio.wait_for(gated.first_bytes.wait(), 30)
+        for _ in range(size // MiB - 1):
             yield chunk
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    async with proxy.session.post(proxy.url + "/up/upload", data=body(), headers=auth(token)) as response:
+    async with proxy.session.post(proxy.url + "/count", data=body(), headers=auth(token)) as response:
         seen = await response.json()
-    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     assert seen["body_bytes"] == size
-    assert seen["body_sha256"] == expected.hexdigest()
-    assert grown < 128 * MiB, f"peak memory grew by {grown / MiB:.0f} MiB for a {size // MiB} MiB upload"
 
 
-async def test_chunked_response_streams_as_it_comes(proxy: Proxy, token: str) -> None:
-    started = time.monotonic()
-    async with proxy.session.get(proxy.url + "/stream/100", headers=auth(token)) as response:
-        first = await response.content.readany()
-        first_at = time.monotonic() - started
+async def test_chunked_response_streams_as_it_comes(
+    issuer: IssuerServer, gated_upstream: tuple[GatedUpstream, Running], start_proxy: ProxyFactory, token: str
+) -> None:
+    """The client reads the first chunk while the upstream still holds the rest back."""
+    gated, running = gated_upstream
+    proxy = await start_proxy(make_config(issuer.issuer.issuer, running.url, rules=_GATED_RULES))
+    async with proxy.session.get(proxy.url + "/drip", headers=auth(token)) as response:
+        first = await asyncio.wait_for(response.content.readany(), 30)
+        assert not gated.release.is_set()
+        gated.release.set()
         rest = await response.read()
-    total = time.monotonic() - started
-    assert len(first) + len(rest) == 100 * 1024
-    assert first_at < total / 2, "the first chunk arrived before the upstream had finished"
+    assert first + rest == b"first-rest"
 
 
 async def test_head_request(proxy: Proxy, token: str) -> None:
@@ -124,11 +135,10 @@ async def test_dead_upstream_is_502(issuer: IssuerServer, start_proxy: ProxyFact
 
 
 async def test_slow_upstream_is_504(proxy: Proxy, token: str) -> None:
-    started = time.monotonic()
+    """The upstream would answer 200 after 10 s: a 504 shows the 2 s header deadline ended it first."""
     async with proxy.session.get(proxy.url + "/slow/10", headers=auth(token)) as response:
         assert response.status == 504
         assert (await response.json())["error"] == "gateway_timeout"
-    assert time.monotonic() - started < 8, "the 2 s header deadline applied, not the upstream's 10 s"
     assert proxy.metrics.requests.labels("echo-slow", "allow", "upstream_timeout")._value.get() == 1
 
 
@@ -230,8 +240,6 @@ async def test_an_upload_that_stalls_longer_than_the_timeout_is_cut(proxy: Proxy
         await asyncio.sleep(6)
         yield b"never"
 
-    started = time.monotonic()
     headers = {**auth(token), "Content-Length": "10"}
     async with proxy.session.post(proxy.url + "/up/stall", data=stall(), headers=headers) as response:
-        assert response.status == 504
-    assert time.monotonic() - started < 5.5
+        assert response.status == 504  # after the stall the body completes and the upstream would answer 200

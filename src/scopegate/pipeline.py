@@ -88,7 +88,8 @@ class Pipeline:
             error.reason, error.detail, error.description, error.status
         )
         self._send_rejection(connection, verdict, version="1.1", keep_alive=False, head_only=method == "HEAD")
-        self._observe(verdict, verdict.status, started, None, counted_inflight=False)
+        # Warning, not info: a flood of these is an attack or a broken client, worth an alert, not a traceback.
+        self._observe(verdict, verdict.status, started, None, counted_inflight=False, level="warning")
 
     # --- the request's way through -----------------------------------------------------------------------------
 
@@ -143,7 +144,7 @@ class Pipeline:
             self._send_rejection(
                 connection, verdict, version=request.version, keep_alive=False, head_only=request.method == "HEAD"
             )
-        self._observe(verdict, verdict.status, started, None)
+        self._observe(verdict, verdict.status, started, None, level="error")
         connection.finish(request, keep_alive=False)
 
     def _act(
@@ -207,12 +208,13 @@ class Pipeline:
         upstream_seconds: float | None,
         *,
         counted_inflight: bool = True,
+        level: str = "info",
     ) -> None:
         seconds = time.perf_counter() - started
         if counted_inflight:
             self._metrics.inflight.dec()
         self._metrics.meter(verdict.route_name).record(verdict.decision, verdict.reason, seconds, upstream_seconds)
-        self._log.info(
+        (self._log.info if level == "info" else getattr(self._log, level))(
             "decision",
             route=verdict.route_name,
             decision=verdict.decision,

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import resource
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -57,6 +58,7 @@ class Server:
 
     async def start(self) -> None:
         config = self.gateway.config
+        _raise_open_file_limit(config.limits.max_connections)
         await self.gateway.start()
         if self._admin:
             admin_app = create_admin_app(self.gateway.metrics.registry, self.gateway.readiness)
@@ -169,6 +171,21 @@ class ConfigWatcher:
         while True:
             await asyncio.sleep(self._interval)
             self.poll()
+
+
+def _raise_open_file_limit(max_connections: int) -> None:
+    """Make room for `max_connections` clients, each with an upstream connection, plus the process's own files.
+
+    The usual soft limit (1024) would make accept() fail long before the connection limit answers 503.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < wanted:
+            log.warning("open_file_limit", limit=target, wanted=wanted, note="lower limits.max_connections")
 
 
 async def _bind(runner: web.BaseRunner, where: HostPort, *, reuse_port: bool = False) -> HostPort:
