@@ -19,18 +19,20 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from scopegate.config import AuthConfig, Config, Limits
+from scopegate.decision import DecisionDoor
 from scopegate.discovery import HttpJwksFetcher, new_session
+from scopegate.frontdoor import FrontDoor, Ruleset
 from scopegate.gate import BearerCredentials
 from scopegate.jwks import JwksCache
 from scopegate.observability import Metrics
-from scopegate.pipeline import Pipeline, Ruleset
+from scopegate.pipeline import Pipeline
 from scopegate.tokencache import TokenCache
 from scopegate.tokens import TokenVerifier, VerifiedToken
 
 log = structlog.get_logger("scopegate")
 
 # Settings bound to listeners or to the key cache: a reload reports a change to them and keeps the old values.
-RESTART_ONLY = ("listen", "admin_listen", "auth")
+RESTART_ONLY = ("listen", "admin_listen", "auth", "decision_listen")
 
 
 def build_verifier(
@@ -77,6 +79,7 @@ class Gateway:
         self.metrics = metrics or Metrics()
         self.draining = False
         self._pipeline: Pipeline | None = None
+        self._decisions: DecisionDoor | None = None
         self._keys: JwksCache | None = None
         self._verifier: TokenVerifier | None = None
         self._credentials: BearerCredentials | None = None
@@ -89,9 +92,21 @@ class Gateway:
 
     @property
     def pipeline(self) -> Pipeline:
+        """The proxy port's front door."""
         if self._pipeline is None:
             raise RuntimeError("the gateway is not started")
         return self._pipeline
+
+    @property
+    def decisions(self) -> DecisionDoor:
+        """The decision endpoint's front door: the same rules, decided the same way."""
+        if self._decisions is None:
+            raise RuntimeError("the gateway is not started")
+        return self._decisions
+
+    @property
+    def doors(self) -> tuple[FrontDoor, ...]:
+        return tuple(door for door in (self._pipeline, self._decisions) if door is not None)
 
     async def start(self) -> None:
         self._session = new_session()
@@ -102,7 +117,9 @@ class Gateway:
             max_token_bytes=self.config.limits.max_token_bytes,
         )
         self._credentials = BearerCredentials(self._verifier)
-        self._pipeline = Pipeline(rules=Ruleset.build(self.config, self._credentials), metrics=self.metrics)
+        rules = Ruleset.build(self.config, self._credentials)
+        self._pipeline = Pipeline(rules=rules, metrics=self.metrics)
+        self._decisions = DecisionDoor(rules=rules, metrics=self.metrics)
         self._tasks = [
             asyncio.create_task(self._keys.run(), name="jwks-refresh"),
             asyncio.create_task(self._sync_cache_metrics(), name="token-cache-metrics"),
@@ -114,8 +131,9 @@ class Gateway:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for door in self.doors:
+            await door.stop()
         if self._pipeline is not None:
-            await self._pipeline.stop()
             self._pipeline.rules.retire()
         if self._session is not None:
             await self._session.close()
@@ -135,11 +153,15 @@ class Gateway:
         Requests already running keep the ruleset they started with.
         """
         kept = [name for name in RESTART_ONLY if getattr(config, name) != getattr(self.config, name)]
+        if (config.upstream is None) != (self.config.upstream is None):
+            kept.append("upstream")  # the proxy port is served, or not, from the start
         if kept:
             config = replace(config, **{name: getattr(self.config, name) for name in kept})
         if self._pipeline is not None and self._credentials is not None:
             old = self._pipeline.rules
-            self._pipeline.rules = Ruleset.build(config, self._credentials)
+            rules = Ruleset.build(config, self._credentials)
+            for door in self.doors:
+                door.rules = rules
             old.retire()
         self.config = config
         return kept

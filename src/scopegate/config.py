@@ -72,7 +72,7 @@ class Config:
     source: Path | None
     listen: HostPort
     admin_listen: HostPort
-    upstream: str  # scheme://host:port[/base], no trailing slash
+    upstream: str | None  # scheme://host:port[/base], no trailing slash; None: no proxy port (decisions only)
     upstream_timeout_seconds: float
     shutdown_grace_seconds: float
     log_level: str
@@ -86,6 +86,10 @@ class Config:
     # X-Forwarded-Proto/-Host/-For from the client are kept (appended to) when true: right behind an Ingress that
     # sets them, wrong where clients reach the port directly.
     trust_forwarded_headers: bool = True
+    # The decision endpoint for an ingress (auth-url, auth_request, ForwardAuth, ext_authz); None: not served.
+    decision_listen: HostPort | None = None
+    decision_path_prefix: str = ""  # stripped from a decision request's own path (Envoy ext_authz path_prefix)
+    listen_given: bool = True  # `listen` was in the file (it is ignored, with a warning, when there is no upstream)
     digest: str = "none"  # of the very bytes this config was parsed from ("none" when not read from a file)
 
 
@@ -105,6 +109,8 @@ _TOP_KEYS = (
     "limits",
     "allow_path_parameters",
     "trust_forwarded_headers",
+    "decision_listen",
+    "decision_path_prefix",
 )
 _AUTH_KEYS = (
     "issuer",
@@ -157,9 +163,11 @@ def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
     members = root.mapping(_TOP_KEYS)
     if members is None:
         return None
-    for required in ("upstream", "auth", "routes"):
+    for required in ("auth", "routes"):
         if required not in members:
             root.missing(required)
+    if "upstream" not in members and "decision_listen" not in members:
+        root.missing("upstream")  # optional only beside `decision_listen`; the message stays as it always was
     mode = optional(members, "mode", lambda f: f.choice(tuple(Mode)), Mode.ENFORCE)
     listen = optional(members, "listen", _host_port, _host_port_default(DEFAULT_LISTEN))
     admin = optional(members, "admin_listen", _host_port, _host_port_default(DEFAULT_ADMIN_LISTEN))
@@ -169,14 +177,20 @@ def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
     limits = optional(members, "limits", _limits, Limits())
     path_parameters = optional(members, "allow_path_parameters", lambda f: f.boolean(), False)
     trust_forwarded = optional(members, "trust_forwarded_headers", lambda f: f.boolean(), True)
+    decision = optional(members, "decision_listen", _host_port, None)
+    prefix = optional(members, "decision_path_prefix", _path_prefix, "")
     if listen is not None and admin is not None and _same_socket(listen, admin):
         _port_clash(members, listen, admin)
+    if decision is not None:
+        _decision_port_clash(members, decision, listen, admin, serving_proxy="upstream" in members)
     values = {
         "timeout": optional(members, "upstream_timeout_seconds", _positive, 30.0),
         "grace": optional(members, "shutdown_grace_seconds", _non_negative, 20.0),
         "log_level": optional(members, "log_level", lambda f: f.choice(LOG_LEVELS), "info"),
     }
-    if listen is None or admin is None or upstream is None or auth is None or routes is None or mode is None:
+    if listen is None or admin is None or auth is None or routes is None or mode is None or prefix is None:
+        return None
+    if ("upstream" in members and upstream is None) or ("decision_listen" in members and decision is None):
         return None
     if limits is None or path_parameters is None or trust_forwarded is None:
         return None
@@ -196,6 +210,9 @@ def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
         limits=limits,
         allow_path_parameters=path_parameters,
         trust_forwarded_headers=trust_forwarded,
+        decision_listen=decision,
+        decision_path_prefix=prefix,
+        listen_given="listen" in members,
         digest=digest,
     )
 
@@ -233,6 +250,37 @@ def _port_clash(members: dict[str, Field], listen: HostPort, admin: HostPort) ->
     blamed.error(
         f"shares port {other.port} with {other_key} ({other}{default}); the admin endpoints need their own port"
     )
+
+
+def _decision_port_clash(
+    members: dict[str, Field],
+    decision: HostPort,
+    listen: HostPort | None,
+    admin: HostPort | None,
+    *,
+    serving_proxy: bool,
+) -> None:
+    others = [("admin_listen", admin)]
+    if serving_proxy:
+        others.insert(0, ("listen", listen))
+    for key, other in others:
+        if other is not None and _same_socket(decision, other):
+            members["decision_listen"].error(
+                f"shares port {other.port} with {key} ({other}); the decision endpoint needs its own port"
+            )
+            return
+
+
+def _path_prefix(field: Field) -> str | None:
+    text = field.string()
+    if text is None:
+        return None
+    if text in ("", "/"):
+        return ""
+    if not text.startswith("/") or text.endswith("/") or "?" in text or "//" in text:
+        field.error(f"expected a path prefix like /authz (starting with '/', no trailing '/', no query); got {text!r}")
+        return None
+    return text
 
 
 def _same_socket(a: HostPort, b: HostPort) -> bool:

@@ -110,7 +110,7 @@ def _port_of(url: str) -> tuple[str, int]:
 
 async def run_demo(config: Config, ports: DemoPorts, *, out: TextIO = sys.stdout) -> int:
     issuer_host, issuer_port = _port_of(config.auth.issuer)
-    upstream_host, upstream_port = _port_of(config.upstream)
+    upstream_host, upstream_port = _port_of(config.upstream or "http://127.0.0.1:0")
     issuer_sock = _listening_socket(issuer_host, _pick(ports.issuer, issuer_port))
     upstream_sock = _listening_socket(upstream_host, _pick(ports.upstream, upstream_port))
     issuer_path = urlsplit(config.auth.issuer).path

@@ -148,7 +148,7 @@ class Gate:
         try:
             verdict.path, verdict.query = split_target(request.target, self._allow_path_parameters)
         except Rejection as exc:
-            verdict.path = _loggable(request.target)
+            verdict.path = loggable_target(request.target)
             return _refused(verdict, None, exc)
         route: RouteRule | None = None
         try:
@@ -274,6 +274,6 @@ def request_id(headers: Headers) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
-def _loggable(raw: str) -> str:
+def loggable_target(raw: str) -> str:
     """A refused path as it came, bounded and with control characters escaped (it may be hostile)."""
     return raw[:_LOGGED_PATH_MAX].encode("unicode_escape", "backslashreplace").decode("ascii")

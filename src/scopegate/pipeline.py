@@ -1,163 +1,29 @@
-"""The proxy port's front door: a request from `http1`, decided by the `Gate`, then forwarded or rejected.
+"""The proxy port's front door: an allowed request is forwarded to the upstream and its response relayed.
 
     http1 (framing) -> Gate.decide (the decision) -> Exchange (forward) | rejection -> one log line, one metrics record
 
-Everything about a request's outcome is written in one place, `_observe`, exactly once per request: the decision
-log line and the metrics record. The rules in force are read once when a request starts, so a reload never changes
-the rules a request started with.
+How requests are decided and their outcomes recorded is `frontdoor.FrontDoor`'s, shared with the decision endpoint;
+this module only says what "allowed" means on the proxy port.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Coroutine
-from dataclasses import dataclass
-from typing import Any
-
-import structlog
-
-from scopegate.config import Config
-from scopegate.errors import Reason, Rejection
-from scopegate.gate import Credentials, Gate, Verdict, request_id
+from scopegate.errors import Reason
+from scopegate.frontdoor import CLIENT_GONE, FrontDoor, Ruleset, gone_detail
+from scopegate.gate import Verdict
 from scopegate.http1 import ClientConnection, IncomingRequest
-from scopegate.observability import Metrics, bound_logger
 from scopegate.proxy import BROKEN_BY_CLIENT, BROKEN_BY_UPSTREAM, Exchange
-from scopegate.request import Headers
-from scopegate.responses import rejection
-from scopegate.upstream import UpstreamPool
-from scopegate.wire import encode_response
 
-_LOGGED_PATH_MAX = 512
-_CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the response
-
-_log = structlog.get_logger("scopegate")
+__all__ = ["Pipeline", "Ruleset"]
 
 
-@dataclass(frozen=True, slots=True)
-class Ruleset:
-    """A config with its compiled decision and its upstream: what a reload swaps in as one unit."""
-
-    config: Config
-    gate: Gate
-    pool: UpstreamPool
-
-    @classmethod
-    def build(cls, config: Config, credentials: Credentials) -> Ruleset:
-        gate = Gate.of(config, credentials)
-        return cls(config, gate, UpstreamPool(config.upstream, trust_forwarded=config.trust_forwarded_headers))
-
-    def retire(self) -> None:
-        """Replaced by a reload: idle upstream connections close now, busy ones when their exchange ends."""
-        self.pool.close()
-
-
-class Pipeline:
+class Pipeline(FrontDoor):
     """`http1.RequestHandler` for the proxy port."""
 
-    def __init__(self, *, rules: Ruleset, metrics: Metrics) -> None:
-        self.rules = rules  # replaced whole on reload; each request reads it once
-        self._metrics = metrics
-        self._pending: set[asyncio.Task[Verdict]] = set()  # verifications under way (tasks are weakly held)
-        self.relog()
-
-    def relog(self) -> None:
-        """Bind the decision logger to the logging configuration in force (called after each reconfiguration)."""
-        self._log = bound_logger()
-
-    # --- http1.RequestHandler ----------------------------------------------------------------------------------
-
-    def handle(self, connection: ClientConnection, request: IncomingRequest) -> None:
-        started = time.perf_counter()
-        rules = self.rules
-        self._metrics.inflight.inc()
-        rid = request_id(request.facts.headers)
-        try:
-            decided = rules.gate.decide(request.facts, rid)
-            if isinstance(decided, Verdict):
-                self._act(connection, request, decided, rules, started)
-            else:
-                self._verify_then_act(decided, connection, request, rules, started, rid)
-        except Exception as exc:  # a bug of ours: answer it as one, never as the client's fault
-            self._failed(connection, request, Verdict(rid, request.method), exc, started)
-
-    def refuse(self, connection: ClientConnection, error: Rejection, method: str) -> None:
-        """A request whose framing is broken: answered, logged and counted like any refusal, then closed."""
-        started = time.perf_counter()
-        verdict = Verdict(request_id(Headers()), method).refuse(
-            error.reason, error.detail, error.description, error.status
-        )
-        self._send_rejection(connection, verdict, version="1.1", keep_alive=False, head_only=method == "HEAD")
-        # Warning, not info: a flood of these is an attack or a broken client, worth an alert, not a traceback.
-        self._observe(verdict, verdict.status, started, None, counted_inflight=False, level="warning")
-
-    # --- the request's way through -----------------------------------------------------------------------------
-
-    def _verify_then_act(
-        self,
-        pending: Coroutine[Any, Any, Verdict],
-        connection: ClientConnection,
-        request: IncomingRequest,
-        rules: Ruleset,
-        started: float,
-        rid: str,
-    ) -> None:
-        task = asyncio.ensure_future(pending)
-        self._pending.add(task)
-
-        def decided(finished: asyncio.Task[Verdict]) -> None:
-            self._pending.discard(finished)
-            if finished.cancelled():  # shutdown: nothing safe can be said, so cut
-                self._metrics.inflight.dec()
-                connection.cut()
-                return
-            failure = finished.exception()
-            if failure is not None:
-                self._failed(connection, request, Verdict(rid, request.method), failure, started)
-                return
-            verdict = finished.result()
-            if connection.closed:
-                verdict.detail = _gone_detail(connection, verdict.detail)
-                self._observe(verdict, _CLIENT_GONE, started, None)
-            else:
-                try:
-                    self._act(connection, request, verdict, rules, started)
-                except Exception as exc:
-                    self._failed(connection, request, verdict, exc, started)
-
-        task.add_done_callback(decided)
-
-    def _failed(
-        self,
-        connection: ClientConnection,
-        request: IncomingRequest,
-        verdict: Verdict,
-        exc: BaseException,
-        started: float,
-    ) -> None:
-        """An unexpected exception: logged with its traceback, answered 500 when nothing was sent yet, counted."""
-        _log.error("internal_error", request_id=verdict.request_id, exc_info=exc)
-        verdict.refuse(Reason.INTERNAL_ERROR, type(exc).__name__)
-        if not verdict.path:
-            verdict.path = request.facts.target.partition("?")[0][:_LOGGED_PATH_MAX]
-        if not connection.closed:
-            self._send_rejection(
-                connection, verdict, version=request.version, keep_alive=False, head_only=request.method == "HEAD"
-            )
-        self._observe(verdict, verdict.status, started, None, level="error")
-        connection.finish(request, keep_alive=False)
-
-    def _act(
+    def admit(
         self, connection: ClientConnection, request: IncomingRequest, verdict: Verdict, rules: Ruleset, started: float
     ) -> None:
-        if not verdict.forward:
-            keep_alive = connection.reusable_after(request) and request.complete
-            self._send_rejection(
-                connection, verdict, version=request.version, keep_alive=keep_alive, head_only=request.method == "HEAD"
-            )
-            self._observe(verdict, verdict.status, started, None)
-            connection.finish(request, keep_alive=keep_alive)
-            return
+        assert rules.pool is not None, "the proxy port is served only with an upstream"
         timeout = rules.config.upstream_timeout_seconds
         Exchange(connection, request, verdict, rules.pool, timeout, lambda done: self._forwarded(done, started)).start()
 
@@ -174,67 +40,15 @@ class Pipeline:
             keep_alive = connection.reusable_after(request) and request.complete
             if not connection.closed:
                 head_only = request.method == "HEAD"
-                self._send_rejection(
+                self.send_rejection(
                     connection, verdict, version=request.version, keep_alive=keep_alive, head_only=head_only
                 )
             else:
-                status = _CLIENT_GONE
+                status = CLIENT_GONE
         elif exchange.broken_by == BROKEN_BY_UPSTREAM:
             verdict.reason, verdict.detail = Reason.UPSTREAM_ERROR, "upstream_broke_off_mid_body"
         elif exchange.broken_by == BROKEN_BY_CLIENT:
-            verdict.detail = _gone_detail(connection, "client_closed_mid_body")
-            status = status or _CLIENT_GONE
-        self._observe(verdict, status, started, exchange.upstream_seconds)
+            verdict.detail = gone_detail(connection, "client_closed_mid_body")
+            status = status or CLIENT_GONE
+        self.record(verdict, status, started, exchange.upstream_seconds)
         connection.finish(request, keep_alive=keep_alive and not exchange.broken_by)
-
-    def _send_rejection(
-        self, connection: ClientConnection, verdict: Verdict, *, version: str, keep_alive: bool, head_only: bool
-    ) -> None:
-        shape = rejection(
-            verdict.reason, verdict.description, required_scopes=verdict.required_scopes, status=verdict.status
-        )
-        headers = [*shape.headers.items(), ("X-Request-Id", verdict.request_id)]
-        connection.write(
-            encode_response(
-                shape.status, headers, shape.body, keep_alive=keep_alive, version=version, head_only=head_only
-            )
-        )
-
-    def _observe(
-        self,
-        verdict: Verdict,
-        status: int,
-        started: float,
-        upstream_seconds: float | None,
-        *,
-        counted_inflight: bool = True,
-        level: str = "info",
-    ) -> None:
-        seconds = time.perf_counter() - started
-        if counted_inflight:
-            self._metrics.inflight.dec()
-        self._metrics.meter(verdict.route_name).record(verdict.decision, verdict.reason, seconds, upstream_seconds)
-        (self._log.info if level == "info" else getattr(self._log, level))(
-            "decision",
-            route=verdict.route_name,
-            decision=verdict.decision,
-            reason=verdict.reason.value,
-            detail=verdict.detail,
-            status=status,
-            method=verdict.method,
-            path=verdict.path[:_LOGGED_PATH_MAX],
-            sub=verdict.sub,
-            client_id=verdict.client_id,
-            organization_id=verdict.organization_id,
-            duration_ms=round(seconds * 1000, 3),
-            request_id=verdict.request_id,
-        )
-
-    async def stop(self) -> None:
-        """Cancel verifications still under way (shutdown)."""
-        for task in list(self._pending):
-            task.cancel()
-
-
-def _gone_detail(connection: ClientConnection, otherwise: str) -> str:
-    return "cut_at_shutdown" if connection.cut_at_shutdown else otherwise

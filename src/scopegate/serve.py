@@ -52,6 +52,7 @@ class Server:
         self._reuse_port = reuse_port
         self._runners: list[web.BaseRunner] = []  # made in start(), inside the event loop
         self._proxy: Http1Server | None = None
+        self._decisions: Http1Server | None = None
         self.bound: dict[str, HostPort] = {}
         # The content last tried, loaded or not: SIGHUP and the watcher both reload, and neither repeats the other.
         self.attempted_digest = config.digest
@@ -66,32 +67,42 @@ class Server:
             self._runners.append(admin)
             await admin.setup()
             self.bound["admin"] = await _bind(admin, config.admin_listen)
-        self._proxy = Http1Server(self.gateway.pipeline, config.limits)
-        where = config.listen
-        port = await self._proxy.listen(where.host, where.port, reuse_port=self._reuse_port)
-        self.bound["proxy"] = HostPort(host=where.host, port=port)
+        if config.upstream is not None:
+            self._proxy = Http1Server(self.gateway.pipeline, config.limits)
+            self.bound["proxy"] = await self._serve(self._proxy, config.listen)
+        elif config.listen_given:
+            log.warning("listen_ignored", listen=str(config.listen), why="no upstream: only decisions are served")
+        if config.decision_listen is not None:
+            self._decisions = Http1Server(self.gateway.decisions, config.limits)
+            self.bound["decision"] = await self._serve(self._decisions, config.decision_listen)
         self.gateway.metrics.config_loaded(config.digest)
         # What start-up made lives as long as the process: out of the collector's way, every collection is shorter.
         gc.freeze()
         log.info(
             "started",
-            listen=str(self.bound["proxy"]),
+            listen=str(self.bound.get("proxy", "-")),
             admin_listen=str(self.bound.get("admin", "-")),
+            decision_listen=str(self.bound.get("decision", "-")),
             upstream=config.upstream,
             issuer=config.auth.issuer,
             routes=len(config.routes),
             pid=os.getpid(),
         )
 
+    async def _serve(self, server: Http1Server, where: HostPort) -> HostPort:
+        port = await server.listen(where.host, where.port, reuse_port=self._reuse_port)
+        return HostPort(host=where.host, port=port)
+
     async def drain(self) -> None:
         """Readiness 503 first, then stop accepting and let in-flight requests finish within the grace period."""
         self.gateway.start_draining()
         grace = self.gateway.config.shutdown_grace_seconds
         log.info("draining", grace_seconds=grace)
-        if self._proxy is not None:
-            cut = await self._proxy.drain(grace)
-            if cut:
-                log.warning("drain_cut", connections=len(cut), grace_seconds=grace)
+        listeners = [server for server in (self._proxy, self._decisions) if server is not None]
+        cuts = await asyncio.gather(*(server.drain(grace) for server in listeners))
+        cut = sum(len(connections) for connections in cuts)
+        if cut:
+            log.warning("drain_cut", connections=cut, grace_seconds=grace)
         for runner in self._runners:  # the admin port answered 503 while the proxy drained
             await runner.cleanup()
         await self.gateway.stop()
@@ -115,9 +126,11 @@ class Server:
             return False
         kept = self.gateway.use_config(config)
         configure_logging(config.log_level)
-        self.gateway.pipeline.relog()
-        if self._proxy is not None:
-            self._proxy.limits = config.limits  # for connections from now on
+        for door in self.gateway.doors:
+            door.relog()
+        for server in (self._proxy, self._decisions):
+            if server is not None:
+                server.limits = config.limits  # for connections from now on
         metrics.config_reloads.labels("success").inc()
         metrics.config_loaded(config.digest)
         log.info("config_reloaded", file=str(source), routes=len(config.routes))
