@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scopegate.errors import ConfigError
-from scopegate.rules import Mode, RouteRule, parse_routes, split_url
+from scopegate.rules import (
+    PRESERVE_HOST,
+    Mode,
+    RouteDefaults,
+    RouteRule,
+    parse_routes,
+    parse_strip_prefix,
+    parse_upstream_host,
+    split_url,
+)
 from scopegate.yamlnodes import Field, Problems, compose, optional
 
 # JWS algorithms scopegate can verify: asymmetric only. `none` and HMAC are refused outright, because a verifier that
@@ -111,6 +120,8 @@ _TOP_KEYS = (
     "trust_forwarded_headers",
     "decision_listen",
     "decision_path_prefix",
+    "upstream_host",
+    "strip_prefix",
 )
 _AUTH_KEYS = (
     "issuer",
@@ -173,7 +184,16 @@ def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
     admin = optional(members, "admin_listen", _host_port, _host_port_default(DEFAULT_ADMIN_LISTEN))
     upstream = optional(members, "upstream", _upstream_url, None)
     auth = optional(members, "auth", _auth, None)
-    routes = optional(members, "routes", lambda f: parse_routes(f, Mode(mode or Mode.ENFORCE)), None)
+    host = optional(members, "upstream_host", parse_upstream_host, PRESERVE_HOST)
+    prefix_field = members.get("strip_prefix")
+    strip = optional(members, "strip_prefix", parse_strip_prefix, "")
+    defaults = RouteDefaults(
+        mode=Mode(mode or Mode.ENFORCE),
+        upstream_host=host or PRESERVE_HOST,
+        strip_prefix=strip or "",
+        strip_prefix_line=prefix_field.line if prefix_field is not None else 0,
+    )
+    routes = optional(members, "routes", lambda f: parse_routes(f, defaults), None)
     limits = optional(members, "limits", _limits, Limits())
     path_parameters = optional(members, "allow_path_parameters", lambda f: f.boolean(), False)
     trust_forwarded = optional(members, "trust_forwarded_headers", lambda f: f.boolean(), True)
@@ -189,6 +209,8 @@ def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
         "log_level": optional(members, "log_level", lambda f: f.choice(LOG_LEVELS), "info"),
     }
     if listen is None or admin is None or auth is None or routes is None or mode is None or prefix is None:
+        return None
+    if host is None or strip is None:
         return None
     if ("upstream" in members and upstream is None) or ("decision_listen" in members and decision is None):
         return None

@@ -217,8 +217,13 @@ class FrontDoor:
         if counted_inflight:
             self._metrics.inflight.dec()
         self._metrics.meter(verdict.route_name).record(verdict.decision, verdict.reason, seconds, upstream_seconds)
+        route = verdict.route
+        extra = {}
+        if route is not None and route.strip_prefix and verdict.forward:
+            extra["forwarded_path"] = route.upstream_path(verdict.path)[:_LOGGED_PATH_MAX]
         (self._log.info if level == "info" else getattr(self._log, level))(
             "decision",
+            **extra,
             route=verdict.route_name,
             decision=verdict.decision,
             reason=verdict.reason.value,

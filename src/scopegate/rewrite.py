@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from scopegate.bearer import IDENTITY_HEADER_PREFIX
 from scopegate.gate import Verdict
+from scopegate.rules import PRESERVE_HOST, UPSTREAM_HOST
 from scopegate.http1 import ClientConnection, IncomingRequest
 from scopegate.upstream import ResponseFraming, UpstreamPool
 from scopegate.wire import SERVER_LINE, date_line
@@ -93,19 +94,24 @@ def request_head(request: IncomingRequest, verdict: Verdict, pool: UpstreamPool,
     """The request head sent upstream: the client's end-to-end fields, then X-Forwarded-*, X-Request-Id, identity."""
     framing = request.framing
     query = verdict.query
-    target = pool.base_path + verdict.path + ("?" + query if query else "")
+    route = verdict.route
+    path = verdict.path if route is None else route.upstream_path(verdict.path)
+    target = pool.base_path + path + ("?" + query if query else "")
     parts = [b"%s %s HTTP/1.1\r\n" % (request.method_bytes, target.encode("latin-1"))]
     append = parts.append
     earlier: list[bytes] = []
     host = proto = forwarded_host = b""
     listed = framing.connection_tokens
     trusted = pool.trust_forwarded
+    chosen = PRESERVE_HOST if route is None else route.upstream_host
     for lower, name, value in request.facts.headers.fields:
         if lower in _REQUEST_SPECIAL:
             if lower in listed:
                 continue
             if lower == b"host":
                 host = value
+                if chosen != PRESERVE_HOST:
+                    continue  # replaced below; X-Forwarded-Host still says the client's
             elif lower == b"authorization":
                 # A token nobody verified must not reach the app looking like one that was (`alg: none`...).
                 if not verdict.forward_token:
@@ -121,8 +127,10 @@ def request_head(request: IncomingRequest, verdict: Verdict, pool: UpstreamPool,
         elif lower.startswith(_IDENTITY_PREFIXES) or lower in listed:
             continue
         append(b"%s: %s\r\n" % (name, value))
-    if not host:
+    if chosen == UPSTREAM_HOST or (chosen == PRESERVE_HOST and not host):
         append(pool.host_line)
+    elif chosen != PRESERVE_HOST:
+        append(f"Host: {chosen}\r\n".encode("ascii"))
     if earlier:
         append(b"X-Forwarded-For: %s, %s\r\n" % (b", ".join(earlier), client.peer_bytes))
     else:

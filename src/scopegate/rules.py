@@ -62,6 +62,20 @@ class ClaimCondition:
     value: str | int | float | bool
 
 
+# `upstream_host` values besides a literal host name.
+PRESERVE_HOST, UPSTREAM_HOST = "preserve", "upstream"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteDefaults:
+    """Top-level settings every route takes unless it says otherwise."""
+
+    mode: Mode = Mode.ENFORCE
+    upstream_host: str = PRESERVE_HOST
+    strip_prefix: str = ""
+    strip_prefix_line: int = 0  # where a top-level strip_prefix was given, for errors about routes it cannot strip
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteRule:
     name: str
@@ -75,6 +89,17 @@ class RouteRule:
     mode: Mode
     # The client's Authorization header goes upstream only when scopegate verified it, unless the route says so.
     forward_unverified_token: bool = False
+    # Host sent upstream: the client's (`preserve`), the upstream URL's authority (`upstream`), or this literal one.
+    upstream_host: str = PRESERVE_HOST
+    strip_prefix: str = ""  # removed from the normalized path before forwarding; the template starts with it
+
+    def upstream_path(self, path: str) -> str:
+        """The path forwarded for a matched, normalized `path`."""
+        prefix = self.strip_prefix
+        if not prefix:
+            return path
+        rest = path[len(prefix) :]
+        return rest if rest.startswith("/") else "/" + rest
     line: int  # where the rule starts in the config file
 
 
@@ -90,6 +115,8 @@ _ROUTE_KEYS = (
     "claims",
     "mode",
     "forward_unverified_token",
+    "upstream_host",
+    "strip_prefix",
 )
 _MOVED_ROUTE_KEYS = {"path": "match", "methods": "match"}
 
@@ -97,14 +124,14 @@ _MOVED_ROUTE_KEYS = {"path": "match", "methods": "match"}
 # --- routes ---------------------------------------------------------------------------------------------------
 
 
-def parse_routes(field: Field, default_mode: Mode) -> tuple[RouteRule, ...] | None:
+def parse_routes(field: Field, defaults: RouteDefaults) -> tuple[RouteRule, ...] | None:
     items = field.sequence()
     if items is None:
         return None
     if not items:
         field.error("must list at least one route (requests matching no route are denied with 404)")
         return None
-    rules = [_route(item, default_mode) for item in items]
+    rules = [_route(item, defaults) for item in items]
     _check_unique_names(items, rules)
     if any(rule is None for rule in rules):
         return None
@@ -121,7 +148,7 @@ def _check_unique_names(items: list[Field], rules: list[RouteRule | None]) -> No
         first_line.setdefault(rule.name, rule.line)
 
 
-def _route(field: Field, default_mode: Mode) -> RouteRule | None:
+def _route(field: Field, defaults: RouteDefaults) -> RouteRule | None:
     members = field.mapping(_ROUTE_KEYS, _MOVED_ROUTE_KEYS)
     if members is None:
         return None
@@ -136,8 +163,18 @@ def _route(field: Field, default_mode: Mode) -> RouteRule | None:
     resource = optional(members, "resource", _resource, None)
     scopes = optional(members, "scopes", _scopes, ScopeRequirement(mode=ScopeMode.ALL, scopes=()))
     claims = optional(members, "claims", _claims, ())
-    mode = optional(members, "mode", lambda f: f.choice(tuple(Mode)), default_mode)
+    mode = optional(members, "mode", lambda f: f.choice(tuple(Mode)), defaults.mode)
     unverified = optional(members, "forward_unverified_token", lambda f: f.boolean(), False)
+    host = optional(members, "upstream_host", parse_upstream_host, defaults.upstream_host)
+    prefix = optional(members, "strip_prefix", parse_strip_prefix, defaults.strip_prefix)
+    if prefix and template is not None and not _template_starts_with(template.source, prefix):
+        where = members.get("strip_prefix")
+        message = f"the path template {template.source!r} does not start with strip_prefix {prefix!r}"
+        if where is not None:
+            where.error(message)
+        else:
+            field.error(f"{message} (the top-level strip_prefix, line {defaults.strip_prefix_line})")
+        return None
     if public is True:
         _check_public(field, members)
     elif public is False and "resource" not in members and "organization" not in members:
@@ -148,7 +185,7 @@ def _route(field: Field, default_mode: Mode) -> RouteRule | None:
         return None
     if name is None or matched is None or public is None or scopes is None or claims is None or mode is None:
         return None
-    if unverified is None:
+    if unverified is None or host is None or prefix is None:
         return None
     if ("organization" in members and organization is None) or ("resource" in members and resource is None):
         return None
@@ -163,8 +200,42 @@ def _route(field: Field, default_mode: Mode) -> RouteRule | None:
         claims=claims,
         mode=Mode(mode),
         forward_unverified_token=unverified,
+        upstream_host=host,
+        strip_prefix=prefix,
         line=field.line,
     )
+
+
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*(?::[0-9]{1,5})?")
+
+
+def parse_upstream_host(field: Field) -> str | None:
+    text = field.string()
+    if text is None:
+        return None
+    if text in (PRESERVE_HOST, UPSTREAM_HOST) or _HOST.fullmatch(text):
+        return text
+    field.error(f"expected preserve, upstream or a host name (host or host:port); got {text!r}")
+    return None
+
+
+def parse_strip_prefix(field: Field) -> str | None:
+    text = field.string()
+    if text is None:
+        return None
+    try:
+        template = compile_template(text)
+    except TemplateError as exc:
+        field.error(f"strip_prefix must be literal path segments like /api: {exc}")
+        return None
+    if template.param_names or text.endswith("/**") or text == "/":
+        field.error(f"strip_prefix must be literal path segments like /api (no parameters, no **); got {text!r}")
+        return None
+    return text
+
+
+def _template_starts_with(source: str, prefix: str) -> bool:
+    return source == prefix or source.startswith(prefix + "/")
 
 
 def _check_public(field: Field, members: dict[str, Field]) -> None:
