@@ -12,7 +12,7 @@ import pytest
 
 from scopegate.config import parse_config
 from scopegate.errors import Reason
-from scopegate.policy import ALLOW, Decision, claim_satisfies, decide
+from scopegate.policy import ALLOW, Decision, claim_at, claim_satisfies, decide
 from scopegate.rules import ClaimCondition, RouteRule
 from scopegate.tokens import Claims, claims_from_payload
 
@@ -295,7 +295,12 @@ def test_decision_allowed_follows_the_reason() -> None:
         pytest.param(["a", "b"], "admin", False, id="list-lacks"),
         pytest.param([], "admin", False, id="empty-list"),
         pytest.param(("admin",), "admin", False, id="tuple-is-not-a-json-list"),
-        pytest.param("admin", ["admin"], False, id="scalar-is-not-a-list-condition"),
+        pytest.param("admin", ["admin"], True, id="one-value-list-is-any-of"),
+        pytest.param("owner", ["admin", "owner"], True, id="any-of"),
+        pytest.param("guest", ["admin", "owner"], False, id="none-of"),
+        pytest.param(["guest", "owner"], ["admin", "owner"], True, id="list-claim-overlaps"),
+        pytest.param(["guest"], ["admin", "owner"], False, id="list-claim-does-not-overlap"),
+        pytest.param(1, ["1", True], False, id="any-of-keeps-strict-types"),
         pytest.param(None, "admin", False, id="absent"),
         pytest.param(True, True, True, id="bool-equal"),
         pytest.param(1, True, False, id="int-is-not-bool"),
@@ -309,4 +314,39 @@ def test_decision_allowed_follows_the_reason() -> None:
     ],
 )
 def test_claim_satisfies(value: object, expected: Any, satisfied: bool) -> None:
-    assert claim_satisfies(value, ClaimCondition(name="c", value=expected)) is satisfied
+    values = tuple(expected) if isinstance(expected, list) else (expected,)
+    assert claim_satisfies(value, ClaimCondition(name="c", path=("c",), values=values)) is satisfied
+
+
+@pytest.mark.parametrize(
+    ("raw", "path", "found"),
+    [
+        pytest.param({"app": {"role": "admin"}}, ("app", "role"), "admin", id="nested"),
+        pytest.param({"app.role": "admin"}, ("app.role",), "admin", id="dotted-own-name"),
+        pytest.param({"app.role": "admin"}, ("app", "role"), None, id="dotted-name-is-not-nested"),
+        pytest.param({"app": "admin"}, ("app", "role"), None, id="step-into-a-string"),
+        pytest.param({"app": ["role"]}, ("app", "role"), None, id="step-into-a-list"),
+        pytest.param({}, ("a", "b", "c"), None, id="absent"),
+        pytest.param({"a": {"b": {"c": [1, 2]}}}, ("a", "b", "c"), [1, 2], id="deep-list"),
+    ],
+)
+def test_claim_at_reaches_into_nested_objects(raw: dict[str, Any], path: tuple[str, ...], found: object) -> None:
+    assert claim_at(raw, path) == found
+
+
+@pytest.mark.parametrize(
+    ("value", "param", "satisfied"),
+    [
+        pytest.param("user-1", "user-1", True, id="equal"),
+        pytest.param("user-1", "user-2", False, id="other-user"),
+        pytest.param("a@b.example", "a%40b.example", True, id="compared-decoded"),
+        pytest.param("a b", "a%20b", True, id="encoded-space"),
+        pytest.param(["user-1"], "user-1", False, id="list-claim-is-not-a-subject"),
+        pytest.param(7, "7", False, id="number-is-not-text"),
+        pytest.param(None, "user-1", False, id="absent"),
+    ],
+)
+def test_a_claim_equal_to_a_path_parameter(value: object, param: str, satisfied: bool) -> None:
+    condition = ClaimCondition(name="sub", path=("sub",), param="user_id")
+    assert claim_satisfies(value, condition, {"user_id": param}) is satisfied
+    assert claim_satisfies(value, condition, {}) is False, "no such parameter matched: never satisfied"

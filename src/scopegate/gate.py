@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import re
 import secrets
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
@@ -168,8 +168,8 @@ class Gate:
         except Rejection as exc:
             return _refused(verdict, route, exc)
         if isinstance(claims, Claims):
-            return _conclude(verdict, route, claims)
-        return _conclude_after(verdict, route, claims)
+            return _conclude(verdict, route, claims, match.params)
+        return _conclude_after(verdict, route, claims, match.params)
 
     async def decide_now(self, request: RequestFacts, request_id: str = "-") -> Verdict:
         """`decide`, awaited: for front doors that are coroutines anyway (explain, policy tests)."""
@@ -181,21 +181,23 @@ def build_router(config: Config) -> Router[RouteRule]:
     return Router([(rule.template, rule.methods, rule) for rule in config.routes])
 
 
-async def _conclude_after(verdict: Verdict, route: RouteRule, pending: Awaitable[Claims]) -> Verdict:
+async def _conclude_after(
+    verdict: Verdict, route: RouteRule, pending: Awaitable[Claims], params: Mapping[str, str]
+) -> Verdict:
     try:
         claims = await pending
     except Rejection as exc:
         return _refused(verdict, route, exc)
-    return _conclude(verdict, route, claims)
+    return _conclude(verdict, route, claims, params)
 
 
-def _conclude(verdict: Verdict, route: RouteRule, claims: Claims) -> Verdict:
+def _conclude(verdict: Verdict, route: RouteRule, claims: Claims, params: Mapping[str, str]) -> Verdict:
     """Policy on verified claims, then audit mode; identity headers only for what was verified."""
     verdict.sub, verdict.client_id = claims.subject, claims.client_id
     requested = verdict.organization_id
     if requested is None:
         verdict.organization_id = claims.organization_id
-    decision = decide(route, requested if route.organization is not None else None, claims)
+    decision = decide(route, requested if route.organization is not None else None, claims, params)
     verdict.reason, verdict.detail, verdict.description = decision.reason, decision.detail, decision.description
     if decision.allowed:
         verdict.decision = ALLOW

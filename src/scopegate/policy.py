@@ -15,7 +15,9 @@ claims, and returns a `Decision` whose reason drives the response, the log and t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from scopegate.errors import Reason
 from scopegate.rules import ORGANIZATION_AUDIENCE_PREFIX, ClaimCondition, RouteRule, ScopeMode
@@ -40,9 +42,15 @@ ALLOW = Decision(Reason.OK)
 ORGANIZATION_CHECKED = frozenset({Reason.OK, Reason.INSUFFICIENT_SCOPE, Reason.CLAIM_MISMATCH})
 
 
-def decide(route: RouteRule, organization_id: str | None, claims: Claims) -> Decision:
-    """The decision for a protected route; `organization_id` is the one the request names (None: route has none)."""
-    denial = _audience(route, organization_id, claims) or _scopes(route, claims) or _claims(route, claims)
+_NO_PARAMS: Mapping[str, str] = {}
+
+
+def decide(
+    route: RouteRule, organization_id: str | None, claims: Claims, params: Mapping[str, str] = _NO_PARAMS
+) -> Decision:
+    """The decision for a protected route; `organization_id` is the one the request names (None: route has none),
+    `params` the matched template's path parameters (for `{param}` claim conditions)."""
+    denial = _audience(route, organization_id, claims) or _scopes(route, claims) or _claims(route, claims, params)
     return denial or ALLOW
 
 
@@ -130,9 +138,9 @@ def _scopes(route: RouteRule, claims: Claims) -> Decision | None:
     )
 
 
-def _claims(route: RouteRule, claims: Claims) -> Decision | None:
+def _claims(route: RouteRule, claims: Claims, params: Mapping[str, str]) -> Decision | None:
     for condition in route.claims:
-        if not claim_satisfies(claims.raw.get(condition.name), condition):
+        if not claim_satisfies(claim_at(claims.raw, condition.path), condition, params):
             return Decision(
                 Reason.CLAIM_MISMATCH,
                 f"claim {condition.name}",
@@ -141,14 +149,27 @@ def _claims(route: RouteRule, claims: Claims) -> Decision | None:
     return None
 
 
-def claim_satisfies(value: object, condition: ClaimCondition) -> bool:
-    """Equal to the condition's value, or containing it when the claim is a list.
+def claim_at(raw: Mapping[str, object], path: tuple[str, ...]) -> object:
+    """The claim at `path` into nested objects; None when any step is missing or not an object."""
+    value: object = raw
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
 
-    Types must match exactly: `true` is not `1` and `"1"` is not `1`, so a claim cannot pass by coercion.
+
+def claim_satisfies(value: object, condition: ClaimCondition, params: Mapping[str, str] = _NO_PARAMS) -> bool:
+    """Equal to one of the condition's values (or, for a list claim, holding one), or to its path parameter.
+
+    Types must match exactly: `true` is not `1` and `"1"` is not `1`, so a claim cannot pass by coercion. A path
+    parameter is compared decoded (`%40` as `@`): the claim is text, the path its percent-encoded form.
     """
-    if isinstance(value, list):
-        return any(_same(item, condition.value) for item in value)
-    return _same(value, condition.value)
+    if condition.param is not None:
+        wanted = params.get(condition.param)
+        return wanted is not None and _same(value, unquote(wanted))
+    items = value if isinstance(value, list) else (value,)
+    return any(_same(item, expected) for item in items for expected in condition.values)
 
 
 def _same(value: object, expected: object) -> bool:

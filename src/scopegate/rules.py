@@ -54,12 +54,25 @@ class ScopeRequirement:
     scopes: tuple[str, ...]  # empty: no scope needed
 
 
+Scalar = str | int | float | bool
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClaimCondition:
-    """The token's claim `name` must equal `value`, or contain it when the claim is a list."""
+    """The claim at `path` must equal one of `values` (or, as a list claim, hold one of them) — or, with `param`,
+    equal that path parameter of the matched route. Types compare strictly."""
 
-    name: str
-    value: str | int | float | bool
+    name: str  # as written in the config, for messages
+    path: tuple[str, ...]  # keys into nested objects: `app.role` -> ("app", "role"); `[app.role]` -> ("app.role",)
+    values: tuple[Scalar, ...] = ()
+    param: str | None = None  # `"{user_id}"`: the request's own path parameter
+
+    @property
+    def value(self) -> Scalar | list[Scalar]:
+        """What was written: one value, a list of values, or the `{param}` text."""
+        if self.param is not None:
+            return f"{{{self.param}}}"
+        return self.values[0] if len(self.values) == 1 else list(self.values)
 
 
 # `upstream_host` values besides a literal host name.
@@ -162,7 +175,7 @@ def _route(field: Field, defaults: RouteDefaults) -> RouteRule | None:
     organization = optional(members, "organization", lambda f: _organization(f, template), None)
     resource = optional(members, "resource", _resource, None)
     scopes = optional(members, "scopes", _scopes, ScopeRequirement(mode=ScopeMode.ALL, scopes=()))
-    claims = optional(members, "claims", _claims, ())
+    claims = optional(members, "claims", lambda f: _claims(f, template), ())
     mode = optional(members, "mode", lambda f: f.choice(tuple(Mode)), defaults.mode)
     unverified = optional(members, "forward_unverified_token", lambda f: f.boolean(), False)
     host = optional(members, "upstream_host", parse_upstream_host, defaults.upstream_host)
@@ -363,21 +376,51 @@ def _scope_list(field: Field, *, allow_empty: bool) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(value for value, _ in items))
 
 
-_CLAIM_LIST_HINT = " (a condition is one value; a list claim in the token passes when it contains it)"
+_PARAM_VALUE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _claims(field: Field) -> tuple[ClaimCondition, ...] | None:
-    conditions = []
-    ok = True
-    for name, item in field.items():
-        value = item.scalar(_CLAIM_LIST_HINT if isinstance(item.node, SequenceNode) else "")
-        if value is None:
-            ok = False
-            continue
-        conditions.append(ClaimCondition(name=name, value=value))
-    if not isinstance(field.node, MappingNode):
+def _claims(field: Field, template: PathTemplate | None) -> tuple[ClaimCondition, ...] | None:
+    conditions = [_claim(name, item, template) for name, item in field.items()]
+    if not isinstance(field.node, MappingNode) or any(condition is None for condition in conditions):
         return None
-    return tuple(conditions) if ok else None
+    return tuple(condition for condition in conditions if condition is not None)
+
+
+def _claim(name: str, item: Field, template: PathTemplate | None) -> ClaimCondition | None:
+    path = _claim_path(name)
+    if path is None:
+        item.error(
+            f"claim name {name!r} has an empty part; write nested claims as a.b, and a claim whose own name holds a "
+            f"dot as [a.b]"
+        )
+        return None
+    if isinstance(item.node, SequenceNode):
+        elements = item.sequence() or []
+        values = [element.scalar() for element in elements]  # each checked, so each bad one is reported
+        if not elements:
+            item.error("list at least one value (any of them satisfies the condition)")
+        if not elements or None in values:
+            return None
+        return ClaimCondition(name=name, path=path, values=tuple(value for value in values if value is not None))
+    value = item.scalar()
+    if value is None:
+        return None
+    found = _PARAM_VALUE.fullmatch(value) if isinstance(value, str) else None
+    if found is None:
+        return ClaimCondition(name=name, path=path, values=(value,))
+    param = found.group(1)
+    if template is not None and param not in template.param_names:
+        params = ", ".join(template.param_names) or "none"
+        item.error(f"the path template has no parameter {{{param}}} (it has: {params})")
+        return None
+    return ClaimCondition(name=name, path=path, param=param)
+
+
+def _claim_path(name: str) -> tuple[str, ...] | None:
+    if name.startswith("[") and name.endswith("]") and len(name) > 2:
+        return (name[1:-1],)
+    parts = tuple(name.split("."))
+    return None if "" in parts else parts
 
 
 def split_url(text: str) -> SplitResult | None:
