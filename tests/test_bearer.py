@@ -9,10 +9,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from scopegate.bearer import bearer_token, is_identity_header, organization_id
+from scopegate.bearer import bearer_token, find_token, is_identity_header, organization_id
 from scopegate.errors import BadRequest, InvalidToken, MissingOrganization, MissingToken, Reason, Rejection
-from scopegate.request import Headers
-from scopegate.rules import OrganizationFrom, OrganizationSource
+from scopegate.request import Headers, query_without
+from scopegate.rules import OrganizationFrom, OrganizationSource, TokenFrom, TokenSource
 
 JWT = "eyJhbGciOiJFUzM4NCJ9.eyJzdWIiOiJ1In0.c2ln"
 
@@ -253,3 +253,58 @@ def test_any_organization_value_gives_visible_ascii_or_a_rejection(
 )
 def test_is_identity_header(name: str, identity: bool) -> None:
     assert is_identity_header(name) is identity
+
+
+# --- token sources ----------------------------------------------------------------------------------------------
+
+HEADER = TokenSource(TokenFrom.HEADER)
+COOKIE = TokenSource(TokenFrom.COOKIE, "session")
+QUERY = TokenSource(TokenFrom.QUERY, "access_token")
+
+
+@pytest.mark.parametrize(
+    ("sources", "sent", "query", "expected"),
+    [
+        pytest.param((HEADER, COOKIE), [("Authorization", "Bearer h")], "", ("h", HEADER), id="header"),
+        pytest.param((HEADER, COOKIE), [("Cookie", "a=1; session=c; b=2")], "", ("c", COOKIE), id="cookie"),
+        pytest.param((COOKIE,), [("Cookie", 'session="q"')], "", ("q", COOKIE), id="quoted-cookie"),
+        pytest.param((HEADER, QUERY), [], "x=1&access_token=t", ("t", QUERY), id="query"),
+        pytest.param(
+            (HEADER, COOKIE), [("Authorization", "Basic eDp5"), ("Cookie", "session=c")], "", ("c", COOKIE),
+            id="basic-auth-is-no-bearer-token",
+        ),
+        pytest.param((COOKIE,), [("Authorization", "Bearer h"), ("Cookie", "session=c")], "", ("c", COOKIE),
+                     id="unlisted-header-is-ignored"),
+        pytest.param((HEADER, COOKIE), [("Cookie", "sessionx=c")], "", MissingToken, id="other-cookie-name"),
+        pytest.param((HEADER, QUERY), [], "token=t", MissingToken, id="other-parameter"),
+        pytest.param(
+            (HEADER, COOKIE), [("Authorization", "Bearer h"), ("Cookie", "session=c")], "", BadRequest,
+            id="two-places",
+        ),
+        pytest.param((COOKIE,), [("Cookie", "session=a"), ("Cookie", "session=b")], "", BadRequest,
+                     id="cookie-twice"),
+        pytest.param((QUERY,), [], "access_token=a&access_token=b", BadRequest, id="parameter-twice"),
+    ],
+)  # fmt: skip
+def test_find_token(
+    sources: tuple[TokenSource, ...], sent: list[tuple[str, str]], query: str, expected: object
+) -> None:
+    if isinstance(expected, type):
+        with pytest.raises(expected):  # type: ignore[call-overload]
+            find_token(sources, headers(*sent), query)
+    else:
+        assert find_token(sources, headers(*sent), query) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "kept"),
+    [
+        ("access_token=t", ""),
+        ("a=1&access_token=t&b=%20x", "a=1&b=%20x"),
+        ("access%5Ftoken=t&a=1", "a=1"),
+        ("access_token_2=t", "access_token_2=t"),
+        ("a=1;b=2", "a=1;b=2"),
+    ],
+)
+def test_query_without_the_token_keeps_the_rest_byte_for_byte(query: str, kept: str) -> None:
+    assert query_without(query, "access_token") == kept

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from scopegate.bearer import bearer_token
+from scopegate.bearer import check_format
 from scopegate.config import parse_config
 from scopegate.errors import MissingToken, Reason
 from scopegate.gate import ALLOW, AUDIT_DENY, DENY, Gate, Verdict, build_router, header_value, request_id
@@ -52,8 +52,8 @@ class GivenClaims:
     def __init__(self, payload: Mapping[str, Any] | None) -> None:
         self._payload = payload
 
-    def claims(self, headers: Headers) -> Claims:
-        bearer_token(headers)
+    def claims(self, token: str) -> Claims:
+        check_format(token)
         if self._payload is None:
             raise MissingToken("no_authorization_header")
         return claims_from_payload(self._payload)
@@ -158,7 +158,7 @@ class LaterClaims:
         self.payload = payload
         self.calls = 0
 
-    def claims(self, headers: Headers) -> Awaitable[Claims]:
+    def claims(self, token: str) -> Awaitable[Claims]:
         self.calls += 1
 
         async def verified() -> Claims:

@@ -20,7 +20,6 @@ from scopegate.gate import header_value
 from scopegate.listener import Http1Server
 from scopegate.observability import Metrics
 from scopegate.pipeline import Pipeline, Ruleset
-from scopegate.request import Headers
 from scopegate.routing import normalize_path
 from scopegate.tokens import Claims
 
@@ -219,7 +218,7 @@ class _BrokenCredentials:
     def __init__(self, fail_later: bool) -> None:
         self._fail_later = fail_later
 
-    def claims(self, headers: Headers) -> Claims:
+    def claims(self, token: str) -> Claims:
         if self._fail_later:
             return self._later()  # type: ignore[return-value]
         raise ZeroDivisionError("a bug")

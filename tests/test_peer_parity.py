@@ -83,3 +83,61 @@ async def test_nested_and_any_of_conditions(
     token = issuer.issuer.mint(resource=API, extra_claims=extra)
     got, body, _ = await send(claims_proxy, "/staff/x", bearer(token))
     assert got == status, body
+
+
+# --- token sources ----------------------------------------------------------------------------------------------
+
+TOKEN_RULES = """
+token_from: [header, {cookie: session}]
+routes:
+  - name: ws
+    match: { path: "/ws/**" }
+    resource: https://api.example.com
+    token_from: [{query: access_token}]
+  - name: api
+    match: { path: "/api/**" }
+    resource: https://api.example.com
+"""
+
+
+@pytest.fixture
+async def sources_proxy(issuer: IssuerServer, upstream: Running, start_proxy: ProxyFactory) -> Proxy:
+    return await start_proxy(make_config(issuer.issuer.issuer, upstream.url, rules=TOKEN_RULES))
+
+
+async def test_a_token_in_a_cookie_is_accepted_and_the_cookie_forwarded(
+    sources_proxy: Proxy, issuer: IssuerServer
+) -> None:
+    token = issuer.issuer.mint(subject="u-cookie", resource=API)
+    status, seen, _ = await send(sources_proxy, "/api/x", {"Cookie": f"theme=dark; session={token}"})
+    assert status == 200
+    assert seen["headers"]["X-Auth-Subject"] == "u-cookie"
+    assert seen["headers"]["Cookie"] == f"theme=dark; session={token}", "cookies are forwarded as they came"
+
+
+async def test_a_token_in_two_places_is_refused(sources_proxy: Proxy, issuer: IssuerServer) -> None:
+    token = issuer.issuer.mint(resource=API)
+    status, body, _ = await send(sources_proxy, "/api/x", {**bearer(token), "Cookie": f"session={token}"})
+    assert (status, body["error"]) == (400, "invalid_request")
+
+
+async def test_a_route_list_replaces_the_top_level_one(sources_proxy: Proxy, issuer: IssuerServer) -> None:
+    token = issuer.issuer.mint(resource=API)
+    status, _, _ = await send(sources_proxy, "/ws/x", bearer(token))
+    assert status == 401, "the ws route reads the query only"
+
+
+async def test_a_websocket_authenticates_with_a_query_token_that_never_reaches_the_app_or_the_log(
+    sources_proxy: Proxy, issuer: IssuerServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = issuer.issuer.mint(subject="u-ws", resource=API)
+    url = sources_proxy.url + f"/ws/chat?room=1&access_token={token}"
+    async with sources_proxy.session.ws_connect(url) as ws:
+        hello = await ws.receive_json(timeout=20)
+        await ws.send_str("ping")
+        assert (await ws.receive(timeout=20)).data == "ping"
+    assert hello["headers"]["X-Auth-Subject"] == "u-ws"
+    status, seen, _ = await send(sources_proxy, f"/ws/plain?room=1&access_token={token}")
+    assert status == 200
+    assert seen["query"] == "room=1"
+    assert token not in capsys.readouterr().out

@@ -1,7 +1,9 @@
 """What the request itself claims: its bearer token, the organization it names, and headers it may not carry.
 
-The token comes only from one `Authorization: Bearer` header (RFC 6750 section 2.1). Several Authorization headers,
-or an organization id given twice, are refused: scopegate and the upstream could each pick a different one.
+The token comes from the places the route lists (`token_from`): the `Authorization: Bearer` header (RFC 6750 section
+2.1, the default), a cookie, or a query parameter (section 2.3). A token in two of them, several Authorization
+headers, two cookies or parameters of the name, or an organization id given twice, are refused: scopegate and the
+upstream could each pick a different one.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Mapping
 
 from scopegate.errors import BadRequest, InvalidToken, MissingOrganization, MissingToken
 from scopegate.request import Headers, query_values
-from scopegate.rules import OrganizationFrom, OrganizationSource
+from scopegate.rules import BEARER_HEADER, OrganizationFrom, OrganizationSource, TokenFrom, TokenSource
 
 # Identity headers are scopegate's to set; any the client sends are removed on every route, public ones included.
 IDENTITY_HEADER_PREFIX = "x-auth-"
@@ -38,6 +40,60 @@ def bearer_credentials(headers: Headers) -> str:
     if scheme.lower() != "bearer":
         raise MissingToken("not_bearer_scheme", "use the Bearer authentication scheme")
     return credentials.strip(" ")
+
+
+def find_token(sources: tuple[TokenSource, ...], headers: Headers, query: str) -> tuple[str, TokenSource]:
+    """The token the request carries in one of `sources`, and where; its format not checked yet (`check_format`).
+
+    Raises MissingToken when there is none, BadRequest when it is in two places (RFC 6750 section 2: one method per
+    request) or given twice in one.
+    """
+    if sources == BEARER_HEADER:  # the common case, with today's finer causes
+        return bearer_credentials(headers), sources[0]
+    found: list[tuple[str, TokenSource]] = []
+    for source in sources:
+        token = _token_in(source, headers, query)
+        if token is not None:
+            found.append((token, source))
+    if not found:
+        raise MissingToken("no_token", "a bearer access token is required")
+    if len(found) > 1:
+        places = " and ".join(_where(source) for _, source in found)
+        raise BadRequest("several_tokens", f"send the token in one place only (found in the {places})")
+    return found[0]
+
+
+def _token_in(source: TokenSource, headers: Headers, query: str) -> str | None:
+    if source.kind is TokenFrom.HEADER:
+        if not headers.getall("Authorization"):
+            return None
+        try:
+            return bearer_credentials(headers)
+        except MissingToken:  # another scheme (Basic ...) carries no bearer token: look elsewhere
+            return None
+    if source.kind is TokenFrom.COOKIE:
+        values = cookie_values(headers, source.name)
+    else:
+        values = query_values(query, source.name)
+    if len(values) > 1:
+        raise BadRequest("several_tokens", f"send the token in one place only (the {_where(source)} is given twice)")
+    return values[0] if values else None
+
+
+def _where(source: TokenSource) -> str:
+    return "Authorization header" if source.kind is TokenFrom.HEADER else f"{source.kind.value} {source.name!r}"
+
+
+def cookie_values(headers: Headers, name: str) -> list[str]:
+    """Every value of cookie `name` in the request's Cookie headers (RFC 6265 section 5.4), quotes removed."""
+    values = []
+    for header in headers.getall("Cookie"):
+        for pair in header.split(";"):
+            key, sep, value = pair.strip().partition("=")
+            if sep and key.strip() == name:
+                value = value.strip()
+                values.append(value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value)
+    return values
 
 
 def check_format(token: str) -> str:

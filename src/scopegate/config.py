@@ -14,12 +14,14 @@ from pathlib import Path
 
 from scopegate.errors import ConfigError
 from scopegate.rules import (
+    BEARER_HEADER,
     PRESERVE_HOST,
     Mode,
     RouteDefaults,
     RouteRule,
     parse_routes,
     parse_strip_prefix,
+    parse_token_from,
     parse_upstream_host,
     split_url,
 )
@@ -122,6 +124,7 @@ _TOP_KEYS = (
     "decision_path_prefix",
     "upstream_host",
     "strip_prefix",
+    "token_from",
 )
 _AUTH_KEYS = (
     "issuer",
@@ -187,11 +190,13 @@ def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
     host = optional(members, "upstream_host", parse_upstream_host, PRESERVE_HOST)
     prefix_field = members.get("strip_prefix")
     strip = optional(members, "strip_prefix", parse_strip_prefix, "")
+    token_from = optional(members, "token_from", parse_token_from, BEARER_HEADER)
     defaults = RouteDefaults(
         mode=Mode(mode or Mode.ENFORCE),
         upstream_host=host or PRESERVE_HOST,
         strip_prefix=strip or "",
         strip_prefix_line=prefix_field.line if prefix_field is not None else 0,
+        token_from=token_from or BEARER_HEADER,
     )
     routes = optional(members, "routes", lambda f: parse_routes(f, defaults), None)
     limits = optional(members, "limits", _limits, Limits())
@@ -210,7 +215,7 @@ def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
     }
     if listen is None or admin is None or auth is None or routes is None or mode is None or prefix is None:
         return None
-    if host is None or strip is None:
+    if host is None or strip is None or token_from is None:
         return None
     if ("upstream" in members and upstream is None) or ("decision_listen" in members and decision is None):
         return None

@@ -16,13 +16,14 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from scopegate.app import build_verifier
+from scopegate.bearer import check_format
 from scopegate.config import Config
 from scopegate.errors import RESPONSES, MissingToken, Reason
 from scopegate.gate import Credentials, Gate
 from scopegate.jwks import JwksCache
 from scopegate.policy import Decision
 from scopegate.request import Headers, RequestFacts
-from scopegate.rules import RouteRule, ScopeMode
+from scopegate.rules import BEARER_HEADER, RouteRule, ScopeMode, TokenFrom
 from scopegate.tokens import Claims, TokenVerifier, claims_from_payload
 
 
@@ -93,7 +94,10 @@ async def explain(
     facts = RequestFacts(result.method, _target(url), Headers.of((headers or {}).items()))
     async with aiohttp.ClientSession() as session:
         credentials = _credentials(config, session, token, claims, result)
-        verdict = await Gate.of(config, credentials).decide_now(facts)
+        gate = Gate.of(config, credentials)
+        if token is not None or claims is not None:
+            facts = _carrying(facts, gate.route_for(facts), token or _GIVEN_CLAIMS)
+        verdict = await gate.decide_now(facts)
     result.path = "" if verdict.reason is Reason.BAD_PATH else verdict.path
     result.route = verdict.route
     result.decision = Decision(verdict.reason, verdict.detail, verdict.description)
@@ -106,6 +110,27 @@ def _target(url: str) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "") if parts.scheme else url.split("#")[0]
 
 
+# What the request carries in place of a token when the claims are given: never verified, never a JWT.
+_GIVEN_CLAIMS = "given-claims"
+
+
+def _carrying(facts: RequestFacts, route: RouteRule | None, token: str) -> RequestFacts:
+    """The request with `token` where its route reads tokens first (the Authorization header by default)."""
+    source = route.token_from[0] if route is not None else BEARER_HEADER[0]
+    if source.kind is TokenFrom.COOKIE:
+        return RequestFacts(facts.method, facts.target, _plus(facts.headers, "Cookie", f"{source.name}={token}"))
+    if source.kind is TokenFrom.QUERY:
+        joiner = "&" if "?" in facts.target else "?"
+        return RequestFacts(facts.method, f"{facts.target}{joiner}{source.name}={token}", facts.headers)
+    if facts.headers.getall("Authorization"):  # the user sent one with --header: theirs counts
+        return facts
+    return RequestFacts(facts.method, facts.target, _plus(facts.headers, "Authorization", f"Bearer {token}"))
+
+
+def _plus(headers: Headers, name: str, value: str) -> Headers:
+    return Headers([*headers.fields, *Headers.of([(name, value)]).fields])
+
+
 class _GivenClaims:
     """`--claims`: taken as they are, nothing verified."""
 
@@ -113,7 +138,7 @@ class _GivenClaims:
         self._payload = payload
         self._result = result
 
-    def claims(self, headers: Headers) -> Claims:
+    def claims(self, token: str) -> Claims:
         self._result.token_note = "claims given with --claims: signature, issuer and expiry NOT checked"
         return claims_from_payload(self._payload)
 
@@ -121,22 +146,22 @@ class _GivenClaims:
 class _GivenToken:
     """`--token`: verified for real, against the issuer's JWKS fetched now."""
 
-    def __init__(self, keys: JwksCache, verifier: TokenVerifier, token: str, result: Explanation) -> None:
-        self._keys, self._verifier, self._token, self._result = keys, verifier, token, result
+    def __init__(self, keys: JwksCache, verifier: TokenVerifier, result: Explanation) -> None:
+        self._keys, self._verifier, self._result = keys, verifier, result
 
-    def claims(self, headers: Headers) -> Awaitable[Claims]:
+    def claims(self, token: str) -> Awaitable[Claims]:
         self._result.token_note = "verifying against the issuer's JWKS"
-        return self._verified()
+        return self._verified(token)
 
-    async def _verified(self) -> Claims:
+    async def _verified(self, token: str) -> Claims:
         await self._keys.refresh()
-        verified = await self._verifier.verify(self._token)
+        verified = await self._verifier.verify(check_format(token))
         self._result.token_note = "signature verified against the issuer's JWKS"
         return verified
 
 
 class _NoToken:
-    def claims(self, headers: Headers) -> Claims:
+    def claims(self, token: str) -> Claims:
         raise MissingToken("no_token", "no token given (use --token JWT or --claims JSON)")
 
 
@@ -152,4 +177,4 @@ def _credentials(
     if token is None:
         return _NoToken()
     keys, verifier = build_verifier(config.auth, session, max_token_bytes=config.limits.max_token_bytes)
-    return _GivenToken(keys, verifier, token, result)
+    return _GivenToken(keys, verifier, result)

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
-from scopegate.bearer import bearer_credentials, check_format, organization_id
+from scopegate.bearer import check_format, find_token, organization_id
 from scopegate.config import Config
 from scopegate.errors import RESPONSES, BadPath, NoRoute, Reason, Rejection
 from scopegate.policy import ORGANIZATION_CHECKED, decide
-from scopegate.request import Headers, RequestFacts
+from scopegate.request import Headers, RequestFacts, query_without
 from scopegate.routing import Router, normalize_path
-from scopegate.rules import Mode, RouteRule
+from scopegate.rules import Mode, RouteRule, TokenFrom
 from scopegate.tokens import Claims, TokenVerifier
 
 # Denials that audit mode forwards anyway. A hostile path, an ambiguous request or missing signing keys are never
@@ -57,23 +57,25 @@ _ID_COUNTER = itertools.count(1)
 
 
 class Credentials(Protocol):
-    """Where the gate gets a request's verified claims; raises a `Rejection` when there are none to be had."""
+    """Where the gate gets a token's verified claims; raises a `Rejection` when there are none to be had."""
 
-    def claims(self, headers: Headers) -> Claims | Awaitable[Claims]:
-        """The claims now when they are at hand, or an awaitable when a token must be verified first."""
+    def claims(self, token: str) -> Claims | Awaitable[Claims]:
+        """The claims now when they are at hand, or an awaitable when the token must be verified first.
+
+        `token` is what the request carries, its format not checked yet."""
         ...
 
 
 class BearerCredentials:
-    """The request's bearer token, verified against the issuer: the verified-token cache first, then in full."""
+    """A bearer token verified against the issuer: the verified-token cache first, then in full."""
 
     __slots__ = ("_verifier",)
 
     def __init__(self, verifier: TokenVerifier) -> None:
         self._verifier = verifier
 
-    def claims(self, headers: Headers) -> Claims | Awaitable[Claims]:
-        credentials = bearer_credentials(headers)
+    def claims(self, token: str) -> Claims | Awaitable[Claims]:
+        credentials = token
         # A remembered token passed the format check when it was verified: only a new one is checked again.
         claims = self._verifier.cached(credentials)
         if claims is not None:
@@ -164,12 +166,24 @@ class Gate:
                 verdict.organization_id = organization_id(
                     route.organization, match.params, request.headers, verdict.query
                 )
-            claims = self._credentials.claims(request.headers)
+            token, source = find_token(route.token_from, request.headers, verdict.query)
+            if source.kind is TokenFrom.QUERY:  # the app gets the query without it, and it is never logged
+                verdict.query = query_without(verdict.query, source.name)
+            claims = self._credentials.claims(token)
         except Rejection as exc:
             return _refused(verdict, route, exc)
         if isinstance(claims, Claims):
             return _conclude(verdict, route, claims, match.params)
         return _conclude_after(verdict, route, claims, match.params)
+
+    def route_for(self, request: RequestFacts) -> RouteRule | None:
+        """The route a request would be decided by (None: refused path or no match), deciding nothing."""
+        try:
+            path, _ = split_target(request.target, self._allow_path_parameters)
+        except Rejection:
+            return None
+        match = self._router.match(request.method, path)
+        return match.target if match is not None else None
 
     async def decide_now(self, request: RequestFacts, request_id: str = "-") -> Verdict:
         """`decide`, awaited: for front doors that are coroutines anyway (explain, policy tests)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 
 class Headers:
@@ -79,3 +79,9 @@ class RequestFacts:
 def query_values(query: str, name: str) -> list[str]:
     """Every value of the query parameter `name` in a raw query string, percent- and `+`-decoded."""
     return [value for key, value in parse_qsl(query, keep_blank_values=True) if key == name]
+
+
+def query_without(query: str, name: str) -> str:
+    """The raw query with every `name` parameter removed, the other parameters byte for byte as they came."""
+    kept = [pair for pair in query.split("&") if unquote_plus(pair.partition("=")[0]) != name]
+    return "&".join(kept)

@@ -35,6 +35,23 @@ class OrganizationFrom(enum.StrEnum):
     QUERY = "query"
 
 
+class TokenFrom(enum.StrEnum):
+    HEADER = "header"  # Authorization: Bearer (RFC 6750 section 2.1)
+    COOKIE = "cookie"
+    QUERY = "query"  # RFC 6750 section 2.3; for browsers' WebSockets, which cannot set headers
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSource:
+    """One place a route reads the bearer token from."""
+
+    kind: TokenFrom
+    name: str = ""  # the cookie or query parameter; "" for the Authorization header
+
+
+BEARER_HEADER = (TokenSource(TokenFrom.HEADER),)
+
+
 class ScopeMode(enum.StrEnum):
     ALL = "all"
     ANY = "any"
@@ -87,6 +104,7 @@ class RouteDefaults:
     upstream_host: str = PRESERVE_HOST
     strip_prefix: str = ""
     strip_prefix_line: int = 0  # where a top-level strip_prefix was given, for errors about routes it cannot strip
+    token_from: tuple[TokenSource, ...] = BEARER_HEADER
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +123,7 @@ class RouteRule:
     # Host sent upstream: the client's (`preserve`), the upstream URL's authority (`upstream`), or this literal one.
     upstream_host: str = PRESERVE_HOST
     strip_prefix: str = ""  # removed from the normalized path before forwarding; the template starts with it
+    token_from: tuple[TokenSource, ...] = BEARER_HEADER  # where the token may be; carried in two is a 400
 
     def upstream_path(self, path: str) -> str:
         """The path forwarded for a matched, normalized `path`."""
@@ -130,6 +149,7 @@ _ROUTE_KEYS = (
     "forward_unverified_token",
     "upstream_host",
     "strip_prefix",
+    "token_from",
 )
 _MOVED_ROUTE_KEYS = {"path": "match", "methods": "match"}
 
@@ -180,6 +200,7 @@ def _route(field: Field, defaults: RouteDefaults) -> RouteRule | None:
     unverified = optional(members, "forward_unverified_token", lambda f: f.boolean(), False)
     host = optional(members, "upstream_host", parse_upstream_host, defaults.upstream_host)
     prefix = optional(members, "strip_prefix", parse_strip_prefix, defaults.strip_prefix)
+    token_from = optional(members, "token_from", parse_token_from, defaults.token_from)
     if prefix and template is not None and not _template_starts_with(template.source, prefix):
         where = members.get("strip_prefix")
         message = f"the path template {template.source!r} does not start with strip_prefix {prefix!r}"
@@ -198,8 +219,10 @@ def _route(field: Field, defaults: RouteDefaults) -> RouteRule | None:
         return None
     if name is None or matched is None or public is None or scopes is None or claims is None or mode is None:
         return None
-    if unverified is None or host is None or prefix is None:
+    if unverified is None or host is None or prefix is None or token_from is None:
         return None
+    if public is True and "token_from" in members:
+        members["token_from"].error("a public route reads no token, so it takes no `token_from`")
     if ("organization" in members and organization is None) or ("resource" in members and resource is None):
         return None
     return RouteRule(
@@ -215,11 +238,13 @@ def _route(field: Field, defaults: RouteDefaults) -> RouteRule | None:
         forward_unverified_token=unverified,
         upstream_host=host,
         strip_prefix=prefix,
+        token_from=token_from,
         line=field.line,
     )
 
 
-_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*(?::[0-9]{1,5})?")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*(?::[0-9]{{1,5}})?")
 
 
 def parse_upstream_host(field: Field) -> str | None:
@@ -230,6 +255,52 @@ def parse_upstream_host(field: Field) -> str | None:
         return text
     field.error(f"expected preserve, upstream or a host name (host or host:port); got {text!r}")
     return None
+
+
+_TOKEN_FROM_EXAMPLE = "header, {cookie: NAME} or {query: NAME}"
+
+
+def parse_token_from(field: Field) -> tuple[TokenSource, ...] | None:
+    items = field.sequence()
+    if items is None:
+        return None
+    if not items:
+        field.error(f"list at least one place the token may be: {_TOKEN_FROM_EXAMPLE}")
+        return None
+    sources = [_token_source(item) for item in items]
+    if None in sources:
+        return None
+    found = tuple(source for source in sources if source is not None)
+    for index, source in enumerate(found):
+        if source in found[:index]:
+            items[index].error("listed twice")
+            return None
+    return found
+
+
+def _token_source(item: Field) -> TokenSource | None:
+    if isinstance(item.node, MappingNode):
+        members = item.mapping(("cookie", "query"))
+        if members is None:
+            return None
+        if len(members) != 1:
+            item.error(f"expected one of {_TOKEN_FROM_EXAMPLE}")
+            return None
+        (kind, name_field), *_ = members.items()
+        name = name_field.string()
+        if name is None:
+            return None
+        if not _HEADER_NAME.fullmatch(name):  # cookie names and query keys: the same token characters
+            name_field.error(f"not a valid {kind} name: {name!r}")
+            return None
+        return TokenSource(TokenFrom(kind), name)
+    text = item.string(_TOKEN_FROM_EXAMPLE)
+    if text is None:
+        return None
+    if text != TokenFrom.HEADER:
+        item.error(f"expected {_TOKEN_FROM_EXAMPLE}; got {text!r}")
+        return None
+    return TokenSource(TokenFrom.HEADER)
 
 
 def parse_strip_prefix(field: Field) -> str | None:
