@@ -291,5 +291,6 @@ def request_id(headers: Headers) -> str:
 
 
 def loggable_target(raw: str) -> str:
-    """A refused path as it came, bounded and with control characters escaped (it may be hostile)."""
-    return raw[:_LOGGED_PATH_MAX].encode("unicode_escape", "backslashreplace").decode("ascii")
+    """A refused path as it came, without its query (which may carry a token), bounded, control characters escaped."""
+    path = raw.partition("?")[0]
+    return path[:_LOGGED_PATH_MAX].encode("unicode_escape", "backslashreplace").decode("ascii")
