@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from scopegate.bearer import IDENTITY_HEADER_PREFIX
 from scopegate.gate import Verdict
-from scopegate.rules import PRESERVE_HOST, UPSTREAM_HOST
 from scopegate.http1 import ClientConnection, IncomingRequest
+from scopegate.rules import PRESERVE_HOST, UPSTREAM_HOST
 from scopegate.upstream import ResponseFraming, UpstreamPool
 from scopegate.wire import SERVER_LINE, date_line
 
