@@ -3,11 +3,15 @@ claims to headers, several issuers and CORS."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
+
+from scopegate.config import parse_config
+from scopegate.errors import ConfigError
 
 from conftest import API, IssuerServer, Proxy, ProxyFactory, Running, make_config
 
@@ -141,3 +145,71 @@ async def test_a_websocket_authenticates_with_a_query_token_that_never_reaches_t
     assert status == 200
     assert seen["query"] == "room=1"
     assert token not in capsys.readouterr().out
+
+
+# --- claims to headers ------------------------------------------------------------------------------------------
+
+FORWARD_RULES = """
+forward_claims: { email: X-Auth-Email, roles: X-Auth-Roles }
+routes:
+  - name: app
+    match: { path: "/app/**" }
+    resource: https://api.example.com
+    forward_claims: { app.plan: X-Auth-Plan }
+    forward_payload: true
+  - name: plain
+    match: { path: "/plain/**" }
+    resource: https://api.example.com
+"""
+
+
+@pytest.fixture
+async def claims_headers_proxy(issuer: IssuerServer, upstream: Running, start_proxy: ProxyFactory) -> Proxy:
+    return await start_proxy(make_config(issuer.issuer.issuer, upstream.url, rules=FORWARD_RULES))
+
+
+async def test_claims_reach_the_app_as_headers(claims_headers_proxy: Proxy, issuer: IssuerServer) -> None:
+    extra = {"email": "ann@example.com", "roles": ["admin", "owner"], "app": {"plan": "pro"}}
+    token = issuer.issuer.mint(subject="ann", resource=API, extra_claims=extra)
+    forged = {"X-Auth-Email": "evil@example.com", "X-Auth-Claims": "e30"}
+    status, seen, _ = await send(claims_headers_proxy, "/app/x", {**bearer(token), **forged})
+    assert status == 200
+    headers = seen["headers"]
+    assert headers["X-Auth-Email"] == "ann@example.com"
+    assert headers["X-Auth-Roles"] == '["admin","owner"]'
+    assert headers["X-Auth-Plan"] == "pro"
+    padded = headers["X-Auth-Claims"] + "=" * (-len(headers["X-Auth-Claims"]) % 4)
+    payload = json.loads(base64.urlsafe_b64decode(padded))
+    assert (payload["sub"], payload["email"]) == ("ann", "ann@example.com")
+
+
+async def test_an_absent_claim_sends_no_header_and_routes_inherit_the_top_level(
+    claims_headers_proxy: Proxy, issuer: IssuerServer
+) -> None:
+    token = issuer.issuer.mint(resource=API, extra_claims={"roles": "viewer"})
+    status, seen, _ = await send(claims_headers_proxy, "/plain/x", {**bearer(token), "X-Auth-Email": "forged"})
+    assert status == 200
+    headers = seen["headers"]
+    assert "X-Auth-Email" not in headers, "absent claim, and the client's own header stripped"
+    assert headers["X-Auth-Roles"] == "viewer"
+    assert "X-Auth-Plan" not in headers
+    assert "X-Auth-Claims" not in headers
+
+
+@pytest.mark.parametrize(
+    ("snippet", "message"),
+    [
+        ("forward_claims: { email: Email }", "starting with X-Auth-"),
+        ("forward_claims: { sub: X-Auth-Subject }", "one of scopegate's own identity headers"),
+        ("forward_claims: { a: X-Auth-A, b: x-auth-a }", "the same header"),
+        ("forward_claims: { a..b: X-Auth-A }", "empty part"),
+    ],
+)
+def test_bad_claim_headers_are_config_errors(snippet: str, message: str) -> None:
+    text = f"upstream: http://127.0.0.1:1\nauth: {{issuer: https://i.example}}\n{snippet}\nroutes:\n"
+    text += "  - {name: r, match: {path: /x}, resource: https://api.example.com}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert any(problem.startswith("<config>:3:") and message in problem for problem in caught.value.problems), (
+        caught.value.problems
+    )

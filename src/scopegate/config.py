@@ -20,6 +20,7 @@ from scopegate.rules import (
     RouteDefaults,
     RouteRule,
     parse_routes,
+    parse_forward_claims,
     parse_strip_prefix,
     parse_token_from,
     parse_upstream_host,
@@ -125,6 +126,8 @@ _TOP_KEYS = (
     "upstream_host",
     "strip_prefix",
     "token_from",
+    "forward_claims",
+    "forward_payload",
 )
 _AUTH_KEYS = (
     "issuer",
@@ -191,12 +194,16 @@ def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
     prefix_field = members.get("strip_prefix")
     strip = optional(members, "strip_prefix", parse_strip_prefix, "")
     token_from = optional(members, "token_from", parse_token_from, BEARER_HEADER)
+    forward_claims = optional(members, "forward_claims", parse_forward_claims, ())
+    forward_payload = optional(members, "forward_payload", lambda f: f.boolean(), False)
     defaults = RouteDefaults(
         mode=Mode(mode or Mode.ENFORCE),
         upstream_host=host or PRESERVE_HOST,
         strip_prefix=strip or "",
         strip_prefix_line=prefix_field.line if prefix_field is not None else 0,
         token_from=token_from or BEARER_HEADER,
+        forward_claims=forward_claims or (),
+        forward_payload=bool(forward_payload),
     )
     routes = optional(members, "routes", lambda f: parse_routes(f, defaults), None)
     limits = optional(members, "limits", _limits, Limits())
@@ -215,7 +222,7 @@ def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
     }
     if listen is None or admin is None or auth is None or routes is None or mode is None or prefix is None:
         return None
-    if host is None or strip is None or token_from is None:
+    if host is None or strip is None or token_from is None or forward_claims is None or forward_payload is None:
         return None
     if ("upstream" in members and upstream is None) or ("decision_listen" in members and decision is None):
         return None

@@ -13,7 +13,9 @@ no future and no coroutine. No I/O here beyond what the credentials do; no frami
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import re
 import secrets
 from collections.abc import Awaitable, Coroutine, Mapping
@@ -24,7 +26,7 @@ from urllib.parse import quote, urlsplit
 from scopegate.bearer import check_format, find_token, organization_id
 from scopegate.config import Config
 from scopegate.errors import RESPONSES, BadPath, NoRoute, Reason, Rejection
-from scopegate.policy import ORGANIZATION_CHECKED, decide
+from scopegate.policy import ORGANIZATION_CHECKED, claim_at, decide
 from scopegate.request import Headers, RequestFacts, query_without
 from scopegate.routing import Router, normalize_path
 from scopegate.rules import Mode, RouteRule, TokenFrom
@@ -256,6 +258,14 @@ def _identity(
         headers.append(("X-Auth-Client-Id", header_value(claims.client_id)))
     if route.organization is not None and organization is not None:
         headers.append(("X-Auth-Organization-Id", organization))
+    for forwarded in route.forward_claims:
+        value = claim_at(claims.raw, forwarded.path)
+        if value is not None:
+            text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+            headers.append((forwarded.header, header_value(text)))
+    if route.forward_payload:
+        payload = json.dumps(dict(claims.raw), separators=(",", ":"), ensure_ascii=False).encode()
+        headers.append(("X-Auth-Claims", base64.urlsafe_b64encode(payload).rstrip(b"=").decode("ascii")))
     return tuple(headers)
 
 

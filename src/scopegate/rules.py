@@ -51,6 +51,28 @@ class TokenSource:
 
 BEARER_HEADER = (TokenSource(TokenFrom.HEADER),)
 
+# scopegate's own identity headers: a `forward_claims` header may not take one of these names.
+OWN_IDENTITY_HEADERS = frozenset(
+    {
+        "x-auth-subject",
+        "x-auth-client-id",
+        "x-auth-organization-id",
+        "x-auth-scopes",
+        "x-auth-route",
+        "x-auth-decision",
+        "x-auth-claims",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimHeader:
+    """`forward_claims`: the verified claim at `path` goes upstream as `header`."""
+
+    claim: str  # as written, for messages
+    path: tuple[str, ...]
+    header: str
+
 
 class ScopeMode(enum.StrEnum):
     ALL = "all"
@@ -105,6 +127,8 @@ class RouteDefaults:
     strip_prefix: str = ""
     strip_prefix_line: int = 0  # where a top-level strip_prefix was given, for errors about routes it cannot strip
     token_from: tuple[TokenSource, ...] = BEARER_HEADER
+    forward_claims: tuple[ClaimHeader, ...] = ()
+    forward_payload: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,6 +148,8 @@ class RouteRule:
     upstream_host: str = PRESERVE_HOST
     strip_prefix: str = ""  # removed from the normalized path before forwarding; the template starts with it
     token_from: tuple[TokenSource, ...] = BEARER_HEADER  # where the token may be; carried in two is a 400
+    forward_claims: tuple[ClaimHeader, ...] = ()  # the top level's, then the route's own
+    forward_payload: bool = False  # X-Auth-Claims: the verified payload, base64url JSON
 
     def upstream_path(self, path: str) -> str:
         """The path forwarded for a matched, normalized `path`."""
@@ -150,6 +176,8 @@ _ROUTE_KEYS = (
     "upstream_host",
     "strip_prefix",
     "token_from",
+    "forward_claims",
+    "forward_payload",
 )
 _MOVED_ROUTE_KEYS = {"path": "match", "methods": "match"}
 
@@ -201,6 +229,9 @@ def _route(field: Field, defaults: RouteDefaults) -> RouteRule | None:
     host = optional(members, "upstream_host", parse_upstream_host, defaults.upstream_host)
     prefix = optional(members, "strip_prefix", parse_strip_prefix, defaults.strip_prefix)
     token_from = optional(members, "token_from", parse_token_from, defaults.token_from)
+    own_claims = optional(members, "forward_claims", parse_forward_claims, ())
+    payload = optional(members, "forward_payload", lambda f: f.boolean(), defaults.forward_payload)
+    forwarded = _merged_claim_headers(defaults.forward_claims, own_claims, members.get("forward_claims"))
     if prefix and template is not None and not _template_starts_with(template.source, prefix):
         where = members.get("strip_prefix")
         message = f"the path template {template.source!r} does not start with strip_prefix {prefix!r}"
@@ -221,8 +252,8 @@ def _route(field: Field, defaults: RouteDefaults) -> RouteRule | None:
         return None
     if unverified is None or host is None or prefix is None or token_from is None:
         return None
-    if public is True and "token_from" in members:
-        members["token_from"].error("a public route reads no token, so it takes no `token_from`")
+    if own_claims is None or payload is None or forwarded is None:
+        return None
     if ("organization" in members and organization is None) or ("resource" in members and resource is None):
         return None
     return RouteRule(
@@ -239,6 +270,8 @@ def _route(field: Field, defaults: RouteDefaults) -> RouteRule | None:
         upstream_host=host,
         strip_prefix=prefix,
         token_from=token_from,
+        forward_claims=forwarded,
+        forward_payload=payload,
         line=field.line,
     )
 
@@ -255,6 +288,52 @@ def parse_upstream_host(field: Field) -> str | None:
         return text
     field.error(f"expected preserve, upstream or a host name (host or host:port); got {text!r}")
     return None
+
+
+def parse_forward_claims(field: Field) -> tuple[ClaimHeader, ...] | None:
+    headers = [_claim_header(claim, item) for claim, item in field.items()]
+    if not isinstance(field.node, MappingNode) or None in headers:
+        return None
+    found = tuple(header for header in headers if header is not None)
+    names = [header.header.lower() for header in found]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            field.error(f"two claims are sent as the same header {found[index].header!r}")
+            return None
+    return found
+
+
+def _claim_header(claim: str, item: Field) -> ClaimHeader | None:
+    path = _claim_path(claim)
+    header = item.string("a header name starting with X-Auth-")
+    if path is None:
+        item.error(f"claim name {claim!r} has an empty part; write nested claims as a.b, a dotted name as [a.b]")
+        return None
+    if header is None:
+        return None
+    lower = header.lower()
+    if not _HEADER_NAME.fullmatch(header) or not lower.startswith("x-auth-"):
+        item.error(f"expected a header name starting with X-Auth- (so no client can send it); got {header!r}")
+        return None
+    if lower in OWN_IDENTITY_HEADERS:
+        item.error(f"{header} is one of scopegate's own identity headers; choose another name")
+        return None
+    return ClaimHeader(claim, path, header)
+
+
+def _merged_claim_headers(
+    inherited: tuple[ClaimHeader, ...], own: tuple[ClaimHeader, ...] | None, field: Field | None
+) -> tuple[ClaimHeader, ...] | None:
+    """The top level's claim headers plus the route's own; a route may not send another claim under one of them."""
+    if own is None:
+        return None
+    taken = {header.header.lower(): header for header in inherited}
+    for header in own:
+        earlier = taken.get(header.header.lower())
+        if earlier is not None and earlier.path != header.path and field is not None:
+            field.error(f"{header.header} already carries claim {earlier.claim!r} (top-level forward_claims)")
+            return None
+    return inherited + tuple(header for header in own if header.header.lower() not in taken)
 
 
 _TOKEN_FROM_EXAMPLE = "header, {cookie: NAME} or {query: NAME}"
@@ -323,7 +402,7 @@ def _template_starts_with(source: str, prefix: str) -> bool:
 
 
 def _check_public(field: Field, members: dict[str, Field]) -> None:
-    for key in ("resource", "organization", "scopes", "claims"):
+    for key in ("resource", "organization", "scopes", "claims", "token_from", "forward_claims", "forward_payload"):
         if key in members:
             members[key].error(f"a public route needs no token, so it takes no `{key}`; remove one or the other")
 
