@@ -213,3 +213,104 @@ def test_bad_claim_headers_are_config_errors(snippet: str, message: str) -> None
     assert any(problem.startswith("<config>:3:") and message in problem for problem in caught.value.problems), (
         caught.value.problems
     )
+
+
+# --- CORS -------------------------------------------------------------------------------------------------------
+
+CORS_RULES = """
+cors:
+  allow_origins: [https://app.example.com]
+  allow_headers: [Authorization, Content-Type, X-Organization-Id]
+  expose_headers: [X-Request-Id]
+  allow_credentials: true
+  max_age_seconds: 300
+routes:
+  - name: reports
+    match: { path: "/api/reports/{id}", methods: [GET, DELETE] }
+    resource: https://api.example.com
+  - name: cors-from-upstream
+    match: { path: "/status/**" }
+    public: true
+"""
+APP = "https://app.example.com"
+
+
+@pytest.fixture
+async def cors_proxy(issuer: IssuerServer, upstream: Running, start_proxy: ProxyFactory) -> Proxy:
+    return await start_proxy(make_config(issuer.issuer.issuer, upstream.url, rules=CORS_RULES))
+
+
+def preflight(origin: str, method: str = "DELETE") -> dict[str, str]:
+    return {
+        "Origin": origin,
+        "Access-Control-Request-Method": method,
+        "Access-Control-Request-Headers": "authorization",
+    }
+
+
+async def test_a_preflight_is_answered_without_a_token_and_never_forwarded(cors_proxy: Proxy) -> None:
+    status, body, headers = await send(cors_proxy, "/api/reports/7", preflight(APP), method="OPTIONS")
+    assert (status, body) == (204, {})
+    assert headers["Access-Control-Allow-Origin"] == APP
+    assert headers["Access-Control-Allow-Methods"] == "GET, HEAD, POST, PUT, PATCH, DELETE"
+    assert headers["Access-Control-Allow-Headers"] == "Authorization, Content-Type, X-Organization-Id"
+    assert (headers["Access-Control-Max-Age"], headers["Access-Control-Allow-Credentials"]) == ("300", "true")
+    assert "Content-Length" not in headers
+    assert cors_proxy.metrics.requests.labels("reports", "allow", "cors_preflight")._value.get() == 1
+
+
+async def test_a_preflight_from_another_origin_is_403_without_cors_headers(cors_proxy: Proxy) -> None:
+    status, body, headers = await send(cors_proxy, "/api/reports/7", preflight("https://evil.example"), "OPTIONS")
+    assert (status, body["error"]) == (403, "origin_not_allowed")
+    assert not [name for name in headers if name.lower().startswith("access-control-")]
+
+
+async def test_a_preflight_for_a_method_no_route_serves_is_404(cors_proxy: Proxy) -> None:
+    status, _, _ = await send(cors_proxy, "/api/reports/7", preflight(APP, "PUT"), method="OPTIONS")
+    assert status == 404
+
+
+async def test_a_rejection_to_an_allowed_origin_is_readable_by_the_browser(cors_proxy: Proxy) -> None:
+    status, _, headers = await send(cors_proxy, "/api/reports/7", {"Origin": APP})
+    assert status == 401
+    assert (headers["Access-Control-Allow-Origin"], headers["Vary"]) == (APP, "Origin")
+    assert headers["Access-Control-Expose-Headers"] == "X-Request-Id"
+
+
+async def test_forwarded_responses_carry_scopegates_cors_not_the_upstreams(
+    cors_proxy: Proxy, issuer: IssuerServer
+) -> None:
+    token = issuer.issuer.mint(resource=API)
+    status, _, headers = await send(cors_proxy, "/api/reports/7", {**bearer(token), "Origin": APP})
+    assert (status, headers["Access-Control-Allow-Origin"], headers["Access-Control-Allow-Credentials"]) == (
+        200,
+        APP,
+        "true",
+    )
+    status, _, headers = await send(cors_proxy, "/api/reports/7", {**bearer(token), "Origin": "https://evil.example"})
+    assert status == 200
+    assert "Access-Control-Allow-Origin" not in headers
+
+
+async def test_without_a_cors_block_nothing_changes(proxy: Proxy) -> None:
+    status, _, headers = await send(proxy, "/up/x", preflight(APP, "GET"), method="OPTIONS")
+    assert status == 401, "an OPTIONS request is decided like any other"
+    assert "Access-Control-Allow-Origin" not in headers
+
+
+@pytest.mark.parametrize(
+    ("snippet", "message"),
+    [
+        ("cors: { allow_origins: ['*'], allow_credentials: true }", "cannot be used with allow_credentials"),
+        ("cors: { allow_origins: [https://a.example/path] }", "expected an origin"),
+        ("cors: { allow_methods: [GET] }", "missing required key 'allow_origins'"),
+    ],
+)
+def test_bad_cors_blocks_are_config_errors(snippet: str, message: str) -> None:
+    text = f"upstream: http://127.0.0.1:1\nauth: {{issuer: https://i.example}}\n{snippet}\nroutes:\n"
+    text += "  - {name: r, match: {path: /x}, resource: https://api.example.com}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert any(problem.startswith("<config>:3:") and message in problem for problem in caught.value.problems), (
+        caught.value.problems
+    )

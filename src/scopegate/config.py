@@ -9,9 +9,11 @@ the schema, have their own module (`rules.py`); this one holds what the process 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from scopegate.cors import DEFAULT_HEADERS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_METHODS, Cors
 from scopegate.errors import ConfigError
 from scopegate.rules import (
     BEARER_HEADER,
@@ -19,8 +21,8 @@ from scopegate.rules import (
     Mode,
     RouteDefaults,
     RouteRule,
-    parse_routes,
     parse_forward_claims,
+    parse_routes,
     parse_strip_prefix,
     parse_token_from,
     parse_upstream_host,
@@ -101,6 +103,7 @@ class Config:
     # The decision endpoint for an ingress (auth-url, auth_request, ForwardAuth, ext_authz); None: not served.
     decision_listen: HostPort | None = None
     decision_path_prefix: str = ""  # stripped from a decision request's own path (Envoy ext_authz path_prefix)
+    cors: Cors | None = None  # None: scopegate leaves CORS to the upstream
     listen_given: bool = True  # `listen` was in the file (it is ignored, with a warning, when there is no upstream)
     digest: str = "none"  # of the very bytes this config was parsed from ("none" when not read from a file)
 
@@ -128,6 +131,7 @@ _TOP_KEYS = (
     "token_from",
     "forward_claims",
     "forward_payload",
+    "cors",
 )
 _AUTH_KEYS = (
     "issuer",
@@ -196,6 +200,7 @@ def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
     token_from = optional(members, "token_from", parse_token_from, BEARER_HEADER)
     forward_claims = optional(members, "forward_claims", parse_forward_claims, ())
     forward_payload = optional(members, "forward_payload", lambda f: f.boolean(), False)
+    cors = optional(members, "cors", _cors, None)
     defaults = RouteDefaults(
         mode=Mode(mode or Mode.ENFORCE),
         upstream_host=host or PRESERVE_HOST,
@@ -224,6 +229,8 @@ def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
         return None
     if host is None or strip is None or token_from is None or forward_claims is None or forward_payload is None:
         return None
+    if "cors" in members and cors is None:
+        return None
     if ("upstream" in members and upstream is None) or ("decision_listen" in members and decision is None):
         return None
     if limits is None or path_parameters is None or trust_forwarded is None:
@@ -246,6 +253,7 @@ def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
         trust_forwarded_headers=trust_forwarded,
         decision_listen=decision,
         decision_path_prefix=prefix,
+        cors=cors,
         listen_given="listen" in members,
         digest=digest,
     )
@@ -351,6 +359,100 @@ def _positive(field: Field) -> float | None:
 
 def _non_negative(field: Field) -> float | None:
     return field.number(minimum=0)
+
+
+# --- cors -----------------------------------------------------------------------------------------------------
+
+_CORS_KEYS = (
+    "allow_origins",
+    "allow_methods",
+    "allow_headers",
+    "expose_headers",
+    "allow_credentials",
+    "max_age_seconds",
+)
+
+
+def _cors(field: Field) -> Cors | None:
+    members = field.mapping(_CORS_KEYS)
+    if members is None:
+        return None
+    if "allow_origins" not in members:
+        field.missing("allow_origins")
+        return None
+    origins = _origins(members["allow_origins"])
+    methods = optional(members, "allow_methods", _method_names, DEFAULT_METHODS)
+    headers = optional(members, "allow_headers", _header_names, DEFAULT_HEADERS)
+    expose = optional(members, "expose_headers", _header_names, ())
+    credentials = optional(members, "allow_credentials", lambda f: f.boolean(), False)
+    max_age = optional(members, "max_age_seconds", lambda f: f.integer(minimum=0), DEFAULT_MAX_AGE_SECONDS)
+    if origins is None or methods is None or headers is None or expose is None or credentials is None:
+        return None
+    if max_age is None:
+        return None
+    if "*" in origins and credentials:
+        members["allow_origins"].error(
+            "'*' cannot be used with allow_credentials: true (browsers refuse it); list the origins instead"
+        )
+        return None
+    return Cors(
+        origins=frozenset(origins - {"*"}),
+        any_origin="*" in origins,
+        methods=methods,
+        headers=headers,
+        expose=expose,
+        credentials=credentials,
+        max_age_seconds=max_age,
+    )
+
+
+def _origins(field: Field) -> frozenset[str] | None:
+    items = field.strings()
+    if items is None:
+        return None
+    if not items:
+        field.error("list at least one origin (scheme://host[:port]) or '*'")
+        return None
+    ok = True
+    for origin, item in items:
+        parts = split_url(origin) if origin != "*" else None
+        if origin != "*" and (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path
+            or parts.query
+            or parts.fragment
+        ):
+            item.error(
+                f"expected an origin like https://app.example.com (scheme://host[:port], no path) or '*';"
+                f" got {origin!r}"
+            )
+            ok = False
+    return frozenset(origin for origin, _ in items) if ok else None
+
+
+def _method_names(field: Field) -> tuple[str, ...] | None:
+    items = field.strings()
+    if items is None:
+        return None
+    bad = [item for method, item in items if not method.isupper() or not method.isalpha()]
+    for item in bad:
+        item.error("expected an upper-case HTTP method name")
+    return None if bad else tuple(method for method, _ in items)
+
+
+def _header_names(field: Field) -> tuple[str, ...] | None:
+    items = field.strings()
+    if items is None:
+        return None
+    bad = [item for name, item in items if not _TOKEN.fullmatch(name)]
+    for item in bad:
+        item.error("expected a header name")
+    return None if bad else tuple(name for name, _ in items)
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 # --- limits ---------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ meets them and never reach the pipeline.
         ├── MissingToken       no bearer token                                           -> 401
         ├── InvalidToken       the token fails a syntax, signature or claim check        -> 401
         ├── JwksUnavailable    no signing keys were ever loaded                          -> 503
+        ├── CorsOriginNotAllowed a CORS preflight from an origin not allowed              -> 403
         ├── Overloaded         more client connections open than the limit allows          -> 503
         ├── UpstreamError      the upstream could not be reached or broke off            -> 502
         └── UpstreamTimeout    the upstream did not answer in time                       -> 504
@@ -50,12 +51,14 @@ class Reason(enum.StrEnum):
     UPSTREAM_TIMEOUT = "upstream_timeout"
     BAD_PATH = "bad_path"
     BAD_REQUEST = "bad_request"
+    CORS_PREFLIGHT = "cors_preflight"  # answered by scopegate itself: 204 with the CORS headers
+    CORS_ORIGIN = "cors_origin"  # a preflight from an origin the `cors` block does not allow
     OVERLOADED = "overloaded"  # more client connections than `limits.max_connections`
     INTERNAL_ERROR = "internal_error"  # a bug in scopegate: logged with its traceback, answered 500
 
     @property
     def allows(self) -> bool:
-        return self in (Reason.OK, Reason.PUBLIC)
+        return self in (Reason.OK, Reason.PUBLIC, Reason.CORS_PREFLIGHT)
 
 
 class Challenge(enum.Enum):
@@ -101,6 +104,7 @@ RESPONSES: dict[Reason, Response] = {
     Reason.UPSTREAM_TIMEOUT: Response(504, "gateway_timeout", Challenge.NONE, "the upstream did not answer in time"),
     Reason.BAD_PATH: Response(400, "invalid_request", Challenge.NONE, "the request path is ambiguous"),
     Reason.BAD_REQUEST: Response(400, "invalid_request", Challenge.NONE, "the request is malformed"),
+    Reason.CORS_ORIGIN: Response(403, "origin_not_allowed", Challenge.NONE, "this origin may not call the API"),
     Reason.OVERLOADED: Response(
         503, "temporarily_unavailable", Challenge.NONE, "too many connections are open; retry later"
     ),
@@ -179,6 +183,12 @@ class JwksUnavailable(Rejection):
     """No signing keys have ever been loaded, so no token can be verified: fail closed."""
 
     reason = Reason.JWKS_UNAVAILABLE
+
+
+class CorsOriginNotAllowed(Rejection):
+    """A CORS preflight from an origin the `cors` block does not list."""
+
+    reason = Reason.CORS_ORIGIN
 
 
 class Overloaded(Rejection):

@@ -195,7 +195,7 @@ class FrontDoor:
         shape = rejection(
             verdict.reason, verdict.description, required_scopes=verdict.required_scopes, status=verdict.status
         )
-        headers = [*shape.headers.items(), ("X-Request-Id", verdict.request_id)]
+        headers = [*shape.headers.items(), ("X-Request-Id", verdict.request_id), *(verdict.cors or ())]
         connection.write(
             encode_response(
                 shape.status, headers, shape.body, keep_alive=keep_alive, version=version, head_only=head_only

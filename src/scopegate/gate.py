@@ -25,7 +25,8 @@ from urllib.parse import quote, urlsplit
 
 from scopegate.bearer import check_format, find_token, organization_id
 from scopegate.config import Config
-from scopegate.errors import RESPONSES, BadPath, NoRoute, Reason, Rejection
+from scopegate.cors import Cors, Pairs, is_preflight
+from scopegate.errors import RESPONSES, BadPath, CorsOriginNotAllowed, NoRoute, Reason, Rejection
 from scopegate.policy import ORGANIZATION_CHECKED, claim_at, decide
 from scopegate.request import Headers, RequestFacts, query_without
 from scopegate.routing import Router, normalize_path
@@ -107,6 +108,8 @@ class Verdict:
     organization_id: str | None = None
     identity: tuple[tuple[str, str], ...] = ()  # scopegate's X-Auth-* headers for the upstream
     forward_token: bool = False  # the client's Authorization header goes upstream: verified, or the route says so
+    cors: Pairs | None = None  # CORS headers for the response; None: no `cors` block, the upstream's own pass
+    preflight: Pairs = ()  # a CORS preflight scopegate answers itself (204 with these), never forwarded
 
     @property
     def forward(self) -> bool:
@@ -132,19 +135,27 @@ class Verdict:
 class Gate:
     """The stages in order over one set of route rules; `credentials` turns a request into verified claims."""
 
-    __slots__ = ("_allow_path_parameters", "_credentials", "_router")
+    __slots__ = ("_allow_path_parameters", "_cors", "_credentials", "_router")
 
     def __init__(
-        self, router: Router[RouteRule], credentials: Credentials, *, allow_path_parameters: bool = False
+        self,
+        router: Router[RouteRule],
+        credentials: Credentials,
+        *,
+        allow_path_parameters: bool = False,
+        cors: Cors | None = None,
     ) -> None:
         self._router = router
         self._credentials = credentials
         self._allow_path_parameters = allow_path_parameters
+        self._cors = cors
 
     @classmethod
     def of(cls, config: Config, credentials: Credentials) -> Gate:
         """The gate over a config's routes and path settings."""
-        return cls(build_router(config), credentials, allow_path_parameters=config.allow_path_parameters)
+        return cls(
+            build_router(config), credentials, allow_path_parameters=config.allow_path_parameters, cors=config.cors
+        )
 
     def decide(self, request: RequestFacts, request_id: str) -> Verdict | Coroutine[Any, Any, Verdict]:
         """The verdict, or a coroutine resolving to it when a token has to be verified first."""
@@ -155,6 +166,12 @@ class Gate:
             verdict.path = loggable_target(request.target)
             return _refused(verdict, None, exc)
         route: RouteRule | None = None
+        if self._cors is not None:
+            origin = request.headers.get("Origin")
+            verdict.cors = self._cors.response_headers(origin)
+            requested = request.headers.get("Access-Control-Request-Method")
+            if is_preflight(request.method, origin, requested):
+                return self._preflight(verdict, self._cors, origin or "", requested or "")
         try:
             match = self._router.match(request.method, verdict.path)
             if match is None:
@@ -177,6 +194,21 @@ class Gate:
         if isinstance(claims, Claims):
             return _conclude(verdict, route, claims, match.params)
         return _conclude_after(verdict, route, claims, match.params)
+
+    def _preflight(self, verdict: Verdict, cors: Cors, origin: str, requested: str) -> Verdict:
+        """A CORS preflight carries no token by design: answered here, for a path some route serves."""
+        match = self._router.match(requested, verdict.path)
+        if match is None:
+            return _refused(verdict, None, NoRoute("no_route_for_preflight"))
+        verdict.route = match.target
+        if not cors.allows(origin):
+            return _refused(verdict, None, CorsOriginNotAllowed("origin_not_allowed"))
+        verdict.decision, verdict.reason, verdict.preflight = (
+            ALLOW,
+            Reason.CORS_PREFLIGHT,
+            cors.preflight_headers(origin),
+        )
+        return verdict
 
     def route_for(self, request: RequestFacts) -> RouteRule | None:
         """The route a request would be decided by (None: refused path or no match), deciding nothing."""

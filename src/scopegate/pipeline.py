@@ -13,6 +13,7 @@ from scopegate.frontdoor import CLIENT_GONE, FrontDoor, Ruleset, gone_detail
 from scopegate.gate import Verdict
 from scopegate.http1 import ClientConnection, IncomingRequest
 from scopegate.proxy import BROKEN_BY_CLIENT, BROKEN_BY_UPSTREAM, Exchange
+from scopegate.wire import encode_response
 
 __all__ = ["Pipeline", "Ruleset"]
 
@@ -23,9 +24,23 @@ class Pipeline(FrontDoor):
     def admit(
         self, connection: ClientConnection, request: IncomingRequest, verdict: Verdict, rules: Ruleset, started: float
     ) -> None:
+        if verdict.preflight:
+            self._answer_preflight(connection, request, verdict, started)
+            return
         assert rules.pool is not None, "the proxy port is served only with an upstream"
         timeout = rules.config.upstream_timeout_seconds
         Exchange(connection, request, verdict, rules.pool, timeout, lambda done: self._forwarded(done, started)).start()
+
+    def _answer_preflight(
+        self, connection: ClientConnection, request: IncomingRequest, verdict: Verdict, started: float
+    ) -> None:
+        keep_alive = connection.reusable_after(request) and request.complete
+        headers = [("X-Request-Id", verdict.request_id), *verdict.preflight]
+        connection.write(
+            encode_response(204, headers, b"", keep_alive=keep_alive, version=request.version, head_only=False)
+        )
+        self.record(verdict, 204, started, None)
+        connection.finish(request, keep_alive=keep_alive)
 
     def _forwarded(self, exchange: Exchange, started: float) -> None:
         """The exchange is over: answer a failure before the response, log, then let the connection move on."""

@@ -207,7 +207,7 @@ class Exchange:
         # 100 Continue is scopegate's to send (it answered the client's Expect); HTTP/1.0 clients know no 1xx.
         if status == 100 or self.request.version != "1.1" or self.finished:
             return
-        self.client.write(b"".join([status_line(status, reason), *response_fields(fields), b"\r\n"]))
+        self.client.write(b"".join([status_line(status, reason), *response_fields(fields, self.verdict), b"\r\n"]))
 
     def upstream_head(
         self, status: int, reason: bytes, fields: list[tuple[bytes, bytes, bytes]], framing: ResponseFraming
@@ -228,7 +228,7 @@ class Exchange:
         self._body_mode, self._keep_alive = mode, keep_alive
         out = self._out
         out.append(status_line(status, reason))
-        out.extend(response_fields(fields))
+        out.extend(response_fields(fields, self.verdict))
         out.append(framing_line)
         out.append(connection_line(keep_alive, request.version))
         out.append(b"\r\n")

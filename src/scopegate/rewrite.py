@@ -51,12 +51,18 @@ _PLAIN_OPTIONS = frozenset({b"keep-alive", b"close", b""})  # Connection options
 _TUNNEL_DROPPED = frozenset({b"content-length", b"transfer-encoding", b"keep-alive", b"proxy-connection"})
 
 
-def response_fields(fields: list[tuple[bytes, bytes, bytes]]) -> list[bytes]:
-    """The upstream's end-to-end header fields, plus Server and Date when it sent none."""
+def response_fields(fields: list[tuple[bytes, bytes, bytes]], verdict: Verdict | None = None) -> list[bytes]:
+    """The upstream's end-to-end header fields, plus Server and Date when it sent none.
+
+    With a `cors` block scopegate owns CORS: the upstream's `Access-Control-*` fields give way to the verdict's.
+    """
     kept = []
     server = date = False
     connection: list[bytes] = []
+    cors = verdict.cors if verdict is not None else None
     for lower, name, value in fields:
+        if cors is not None and lower.startswith(b"access-control-"):
+            continue
         if lower in _RESPONSE_SPECIAL:
             if lower == b"server":
                 server = True
@@ -73,6 +79,8 @@ def response_fields(fields: list[tuple[bytes, bytes, bytes]]) -> list[bytes]:
         kept.append(SERVER_LINE)
     if not date:
         kept.append(date_line())
+    if cors:
+        kept.append("".join(f"{name}: {value}\r\n" for name, value in cors).encode("latin-1"))
     return kept
 
 

@@ -25,6 +25,7 @@ from scopegate.config import Config, HostPort, config_from_bytes, content_digest
 from scopegate.errors import ConfigError
 from scopegate.listener import Http1Server
 from scopegate.observability import Metrics, batch_logs_in, configure_logging
+from scopegate.upstream import MAX_CONNECTIONS as UPSTREAM_POOL_MAX
 
 log = structlog.get_logger("scopegate")
 
@@ -187,12 +188,12 @@ class ConfigWatcher:
 
 
 def _raise_open_file_limit(max_connections: int) -> None:
-    """Make room for `max_connections` clients, each with an upstream connection, plus the process's own files.
+    """Make room for `max_connections` clients, the upstream pool's connections and the process's own files.
 
     The usual soft limit (1024) would make accept() fail long before the connection limit answers 503.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 2 * max_connections + 256
+    wanted = max_connections + UPSTREAM_POOL_MAX + 256
     if soft != resource.RLIM_INFINITY and soft < wanted:
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         if target > soft:

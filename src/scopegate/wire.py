@@ -118,7 +118,8 @@ def encode_response(
     """A complete response scopegate answers itself (a rejection), framed by Content-Length."""
     parts = [status_line(status), SERVER_LINE, date_line()]
     parts.extend(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers)
-    parts.append(b"Content-Length: %d\r\n" % len(body))
+    if status != 204:  # RFC 9110 section 8.6: a 204 carries no Content-Length
+        parts.append(b"Content-Length: %d\r\n" % len(body))
     parts.append(connection_line(keep_alive, version))
     parts.append(b"\r\n")
     if not head_only:
