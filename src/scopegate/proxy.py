@@ -139,7 +139,8 @@ class Exchange:
             self.body_broken(request.failure)
             return
         self._upstream = connection
-        connection.begin(self, head_only=request.method == "HEAD")
+        with_body = request.framing.has_body and not request.complete and not request.framing.websocket
+        connection.begin(self, head_only=request.method == "HEAD", with_body=with_body)
         connection.write(self._head)
         if request.framing.expect_continue and not request.complete and not self.response_started:
             self.client.write(CONTINUE)  # authorized: now the client may send the body

@@ -7,11 +7,17 @@ response left behind can never be read as the start of the next.
 
 The response head, body and end reach the `ResponseConsumer` (the exchange) as callbacks; a response's end is
 reported only after the parser has consumed the whole chunk it came in, never from inside the parser.
+
+An upstream may answer before it has read the request body (a 413, a 401) and close at once; the kernel then resets
+the connection, and the next body write fails. The event loop closes the socket on that write error, unread answer
+and all, so while a body is being sent a second descriptor of the socket is kept, through which what the upstream
+said before it went away is still read (`_read_what_was_left`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections import deque
 from typing import Protocol
@@ -95,16 +101,20 @@ class UpstreamConnection(Connection):
         self.served = 0  # exchanges completed on this connection: a failure on a reused one may be a stale close
         self.answered = False  # the exchange under way has received bytes from the upstream
         self._reading_paused = False
+        self._spare_fd: int | None = None  # the socket's second descriptor while a request body is being sent
 
     # --- for the exchange -------------------------------------------------------------------------------------
 
-    def begin(self, consumer: ResponseConsumer, *, head_only: bool) -> None:
-        """Carry one exchange; `head_only` for a HEAD request, whose response has no body whatever it declares."""
+    def begin(self, consumer: ResponseConsumer, *, head_only: bool, with_body: bool = False) -> None:
+        """Carry one exchange; `head_only` for a HEAD request, whose response has no body whatever it declares;
+        `with_body` when a request body follows the head (an early answer to it must not be lost)."""
         self._consumer = consumer
         self._head_only = head_only
         self._ended = self._final = self.answered = False
         self._framing = None
         self._upgrade_head = None
+        if with_body and not self._pool.https:  # TLS records could not be read past the transport anyway
+            self._keep_spare_fd()
 
     def write_eof(self) -> None:
         if self.transport is not None and not self.transport.is_closing() and self.transport.can_write_eof():
@@ -125,7 +135,8 @@ class UpstreamConnection(Connection):
         """The exchange is over: back to the pool when the connection is clean and `reusable`, else closed."""
         self._consumer = None
         self.served += 1
-        clean = reusable and self._ended and not self._poisoned and not self._tunnel
+        self._close_spare_fd()
+        clean = reusable and self._ended and not self._poisoned and not self._tunnel and not self.closed
         framing = self._framing
         if clean and framing is not None and framing.keep_alive and not framing.until_close:
             self._fields = []
@@ -138,9 +149,13 @@ class UpstreamConnection(Connection):
             self.close()
 
     def close(self) -> None:
+        """Close now. Not `transport.close()`, which waits until the write buffer is sent: what is left of a request
+        body is worth nothing once its exchange is over, and an upstream that stopped reading would hold the
+        connection open for good."""
         self._consumer = None
+        self._close_spare_fd()
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
     def start_tunnel(self) -> None:
         """After 101: the bytes that arrive are the other protocol's, relayed as they are."""
@@ -188,6 +203,10 @@ class UpstreamConnection(Connection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._pool.forget(self)
+        if exc is not None and self._spare_fd is not None:
+            self._read_what_was_left()
+        else:
+            self._close_spare_fd()
         consumer, self._consumer = self._consumer, None
         if consumer is None:
             return
@@ -266,6 +285,30 @@ class UpstreamConnection(Connection):
             return
         self._ended = True
         consumer.upstream_upgraded(head[0], head[1], rest)
+
+    def _keep_spare_fd(self) -> None:
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if self._spare_fd is None and sock is not None:
+            self._spare_fd = os.dup(sock.fileno())
+
+    def _close_spare_fd(self) -> None:
+        spare, self._spare_fd = self._spare_fd, None
+        if spare is not None:
+            os.close(spare)
+
+    def _read_what_was_left(self) -> None:
+        """The connection broke while the request body was being sent: read what the upstream sent before it went
+        away (an early answer), as if it had arrived in time. The descriptor shares the transport's non-blocking
+        mode, so this reads only what is already there."""
+        spare, self._spare_fd = self._spare_fd, None
+        assert spare is not None
+        try:
+            while self._consumer is not None and not self._ended and (data := os.read(spare, 65536)):
+                self.data_received(data)
+        except OSError:
+            pass  # nothing more to read (EAGAIN), or the reset itself once the data is consumed
+        finally:
+            os.close(spare)
 
     def _fail(self, why: str) -> None:
         consumer, self._consumer = self._consumer, None
