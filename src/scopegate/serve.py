@@ -235,5 +235,8 @@ async def run_until_signalled(server: Server, *, on_started: Callable[[Server], 
         await server.drain()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        # Drained: a second SIGTERM (a process group and its members both signalled) must not turn exit 0 into 143.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         batch_logs_in(None)
     return 0
