@@ -367,7 +367,8 @@ def test_template_is_compiled_at_load() -> None:
     ("obj", "attribute"),
     [
         pytest.param(parse_config(HEAD + REPORTS), "upstream", id="config"),
-        pytest.param(parse_config(HEAD + REPORTS).auth, "issuer", id="auth"),
+        pytest.param(parse_config(HEAD + REPORTS).auth, "token_cache_entries", id="auth"),
+        pytest.param(parse_config(HEAD + REPORTS).auth.issuers[0], "issuer", id="issuer"),
         pytest.param(parse_config(HEAD + REPORTS).listen, "port", id="host-port"),
         pytest.param(parse_config(HEAD + REPORTS).routes[0], "resource", id="route"),
         pytest.param(parse_config(HEAD + REPORTS).routes[0].scopes, "scopes", id="scopes"),

@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
 
-from scopegate.config import parse_config
+from scopegate.config import Config, parse_config
+from scopegate.devissuer import DevIssuer
 from scopegate.errors import ConfigError
 
-from conftest import API, IssuerServer, Proxy, ProxyFactory, Running, make_config
+from conftest import (
+    API,
+    IssuerServer,
+    Proxy,
+    ProxyFactory,
+    Running,
+    free_port,
+    make_config,
+    start_app,
+    wait_until,
+)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -314,3 +325,119 @@ def test_bad_cors_blocks_are_config_errors(snippet: str, message: str) -> None:
     assert any(problem.startswith("<config>:3:") and message in problem for problem in caught.value.problems), (
         caught.value.problems
     )
+
+
+# --- several issuers --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def second_issuer() -> AsyncIterator[IssuerServer]:
+    port = free_port()
+    dev = DevIssuer(f"http://127.0.0.1:{port}/tenant-b")
+    server = IssuerServer(dev, await start_app(dev.app(), port), port)
+    yield server
+    await server.stop()
+
+
+def issuers_config(first: str, second: str, upstream: str) -> Config:
+    text = f"""
+listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+upstream: {upstream}
+upstream_timeout_seconds: 2
+shutdown_grace_seconds: 5
+auth:
+  issuers:
+    - {{issuer: {first}, jwks_refetch_cooldown_seconds: 0.2}}
+    - {{issuer: {second}, jwks_refetch_cooldown_seconds: 0.2, jwks_refresh_seconds: 1}}
+routes:
+  - name: any-issuer
+    match: {{ path: "/api/**" }}
+    resource: https://api.example.com
+  - name: tenant-b-only
+    match: {{ path: "/b/**" }}
+    resource: https://api.example.com
+    issuers: [{second}]
+"""
+    return parse_config(text)
+
+
+async def test_tokens_of_each_configured_issuer_are_accepted(
+    issuer: IssuerServer, second_issuer: IssuerServer, upstream: Running, start_proxy: ProxyFactory
+) -> None:
+    proxy = await start_proxy(issuers_config(issuer.issuer.issuer, second_issuer.issuer.issuer, upstream.url))
+    for dev in (issuer.issuer, second_issuer.issuer):
+        status, seen, _ = await send(proxy, "/api/x", bearer(dev.mint(subject=dev.issuer, resource=API)))
+        assert (status, seen["headers"]["X-Auth-Subject"]) == (200, dev.issuer)
+
+
+async def test_a_token_of_an_issuer_not_configured_is_invalid(
+    issuer: IssuerServer, second_issuer: IssuerServer, upstream: Running, start_proxy: ProxyFactory
+) -> None:
+    config = make_config(issuer.issuer.issuer, upstream.url)
+    proxy = await start_proxy(config)
+    status, body, _ = await send(proxy, "/api/reports/1", bearer(second_issuer.issuer.mint(resource=API)))
+    assert (status, body["error"]) == (401, "invalid_token")
+
+
+async def test_a_route_may_accept_only_some_issuers(
+    issuer: IssuerServer, second_issuer: IssuerServer, upstream: Running, start_proxy: ProxyFactory
+) -> None:
+    proxy = await start_proxy(issuers_config(issuer.issuer.issuer, second_issuer.issuer.issuer, upstream.url))
+    status, body, _ = await send(proxy, "/b/x", bearer(issuer.issuer.mint(resource=API)))
+    assert (status, body["error"]) == (401, "invalid_token")
+    assert proxy.metrics.requests.labels("tenant-b-only", "deny", "invalid_token")._value.get() == 1
+    status, _, _ = await send(proxy, "/b/x", bearer(second_issuer.issuer.mint(resource=API)))
+    assert status == 200
+
+
+async def test_an_unreachable_issuer_fails_only_its_own_tokens(
+    issuer: IssuerServer, second_issuer: IssuerServer, upstream: Running, start_proxy: ProxyFactory
+) -> None:
+    """Serving starts while tenant B is down: A's tokens pass, B's get 503, /readyz waits for every issuer."""
+    await second_issuer.stop()
+    config = issuers_config(issuer.issuer.issuer, second_issuer.issuer.issuer, upstream.url)
+    proxy = await start_proxy(config, wait_ready=False)
+    gateway = proxy.server.gateway
+    await wait_until(lambda: gateway.metrics.jwks_keys._value.get() >= 1, limit=20)
+    assert not gateway.ready
+    async with proxy.session.get(proxy.admin + "/readyz") as response:
+        assert response.status == 503
+    status, _, _ = await send(proxy, "/api/x", bearer(issuer.issuer.mint(resource=API)))
+    assert status == 200
+    status, body, _ = await send(proxy, "/api/x", bearer(second_issuer.issuer.mint(resource=API)))
+    assert (status, body["error"]) == (503, "temporarily_unavailable")
+    await second_issuer.restart()
+    await wait_until(lambda: gateway.ready, limit=20)
+    status, _, _ = await send(proxy, "/api/x", bearer(second_issuer.issuer.mint(resource=API)))
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("auth", "message"),
+    [
+        (
+            "auth:\n  issuer: https://a.example\n  issuers: [{issuer: https://b.example}]",
+            "give either `issuer`",
+        ),
+        ("auth:\n  issuers: [{issuer: https://a.example}, {issuer: https://a.example}]", "listed twice"),
+        ("auth:\n  issuers: [{jwks_uri: https://a.example/jwks}]", "missing required key 'issuer'"),
+    ],
+)
+def test_bad_issuer_lists_are_config_errors(auth: str, message: str) -> None:
+    text = f"upstream: http://127.0.0.1:1\n{auth}\nroutes:\n  - {{name: r, match: {{path: /x}}, resource: https://r.example}}\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert any(message in problem for problem in caught.value.problems), caught.value.problems
+
+
+def test_a_route_may_name_only_configured_issuers() -> None:
+    text = (
+        "upstream: http://127.0.0.1:1\nauth: {issuer: https://a.example}\nroutes:\n"
+        "  - name: r\n    match: {path: /x}\n    resource: https://r.example\n    issuers: [https://b.example]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    (problem,) = caught.value.problems
+    assert problem.startswith("<config>:7:")
+    assert "is not one of the issuers under `auth`" in problem

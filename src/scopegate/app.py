@@ -23,6 +23,7 @@ from scopegate.decision import DecisionDoor
 from scopegate.discovery import HttpJwksFetcher, new_session
 from scopegate.frontdoor import FrontDoor, Ruleset
 from scopegate.gate import BearerCredentials
+from scopegate.issuers import IssuerVerifiers, KeyCaches, Verifier
 from scopegate.jwks import JwksCache
 from scopegate.observability import Metrics
 from scopegate.pipeline import Pipeline
@@ -41,30 +42,36 @@ def build_verifier(
     *,
     on_refresh: Callable[[bool, int], None] | None = None,
     max_token_bytes: int = Limits().max_token_bytes,
-) -> tuple[JwksCache, TokenVerifier]:
-    """The issuer's key cache (fetching over `session`) and the token verifier that uses it, from `auth`.
+) -> tuple[KeyCaches, Verifier]:
+    """The issuers' key caches (fetching over `session`) and the token verifier that uses them, from `auth`.
 
-    The verifier remembers up to `auth.token_cache_entries` verified tokens; the key cache flushes those of a key the
-    issuer stops publishing.
+    The verifier remembers up to `auth.token_cache_entries` verified tokens, whatever their issuer; each key cache
+    flushes those of a key its issuer stops publishing. One issuer gets its `TokenVerifier` itself.
     """
     verified: TokenCache[VerifiedToken] = TokenCache(auth.token_cache_entries)
-    keys = JwksCache(
-        fetch=HttpJwksFetcher(session, issuer=auth.issuer, jwks_uri=auth.jwks_uri),
-        algorithms=auth.algorithms,
-        refresh_seconds=auth.jwks_refresh_seconds,
-        refetch_cooldown_seconds=auth.jwks_refetch_cooldown_seconds,
-        on_refresh=on_refresh,
-        on_keys_removed=verified.forget_keys,
-    )
-    verifier = TokenVerifier(
-        issuer=auth.issuer,
-        algorithms=auth.algorithms,
-        leeway_seconds=auth.leeway_seconds,
-        keys=keys,
-        cache=verified,
-        max_token_bytes=max_token_bytes,
-    )
-    return keys, verifier
+    caches, verifiers = [], []
+    for trusted in auth.issuers:
+        keys = JwksCache(
+            fetch=HttpJwksFetcher(session, issuer=trusted.issuer, jwks_uri=trusted.jwks_uri),
+            algorithms=trusted.algorithms,
+            refresh_seconds=trusted.jwks_refresh_seconds,
+            refetch_cooldown_seconds=trusted.jwks_refetch_cooldown_seconds,
+            on_refresh=on_refresh,
+            on_keys_removed=verified.forget_keys,
+        )
+        caches.append(keys)
+        verifiers.append(
+            TokenVerifier(
+                issuer=trusted.issuer,
+                algorithms=trusted.algorithms,
+                leeway_seconds=trusted.leeway_seconds,
+                keys=keys,
+                cache=verified,
+                max_token_bytes=max_token_bytes,
+            )
+        )
+    verifier: Verifier = verifiers[0] if len(verifiers) == 1 else IssuerVerifiers(verifiers)
+    return KeyCaches(caches), verifier
 
 
 # How often the token cache's counters reach the metrics: they count in plain ints so a lookup costs nothing more.
@@ -80,8 +87,8 @@ class Gateway:
         self.draining = False
         self._pipeline: Pipeline | None = None
         self._decisions: DecisionDoor | None = None
-        self._keys: JwksCache | None = None
-        self._verifier: TokenVerifier | None = None
+        self._keys: KeyCaches | None = None
+        self._verifier: Verifier | None = None
         self._credentials: BearerCredentials | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -167,7 +174,7 @@ class Gateway:
         return kept
 
     def _keys_refreshed(self, success: bool, keys: int) -> None:
-        self.metrics.jwks_refreshed(success, keys)
+        self.metrics.jwks_refreshed(success, self._keys.key_count if self._keys is not None else keys)
         self.metrics.worker_ready.set(1 if self.ready else 0)
 
     async def _sync_cache_metrics(self) -> None:

@@ -57,14 +57,46 @@ class HostPort:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AuthConfig:
+class IssuerConfig:
+    """One trusted issuer: where its keys are and how its tokens are checked."""
+
     issuer: str
     jwks_uri: str | None  # None: discover from {issuer}/.well-known/openid-configuration
     algorithms: frozenset[str]
     leeway_seconds: float
     jwks_refresh_seconds: float
     jwks_refetch_cooldown_seconds: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthConfig:
+    issuers: tuple[IssuerConfig, ...]  # one (`auth.issuer`) or several (`auth.issuers`)
     token_cache_entries: int  # verified tokens remembered (LRU); 0 turns the cache off
+
+    # The single-issuer form's names, for the first (usually only) issuer.
+    @property
+    def issuer(self) -> str:
+        return self.issuers[0].issuer
+
+    @property
+    def jwks_uri(self) -> str | None:
+        return self.issuers[0].jwks_uri
+
+    @property
+    def algorithms(self) -> frozenset[str]:
+        return self.issuers[0].algorithms
+
+    @property
+    def leeway_seconds(self) -> float:
+        return self.issuers[0].leeway_seconds
+
+    @property
+    def jwks_refresh_seconds(self) -> float:
+        return self.issuers[0].jwks_refresh_seconds
+
+    @property
+    def jwks_refetch_cooldown_seconds(self) -> float:
+        return self.issuers[0].jwks_refetch_cooldown_seconds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,15 +165,15 @@ _TOP_KEYS = (
     "forward_payload",
     "cors",
 )
-_AUTH_KEYS = (
+_ISSUER_KEYS = (
     "issuer",
     "jwks_uri",
     "algorithms",
     "leeway_seconds",
     "jwks_refresh_seconds",
     "jwks_refetch_cooldown_seconds",
-    "token_cache_entries",
 )
+_AUTH_KEYS = (*_ISSUER_KEYS, "token_cache_entries", "issuers")
 DEFAULT_TOKEN_CACHE_ENTRIES = 4096
 
 
@@ -202,6 +234,7 @@ def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
     forward_payload = optional(members, "forward_payload", lambda f: f.boolean(), False)
     cors = optional(members, "cors", _cors, None)
     defaults = RouteDefaults(
+        issuers=frozenset(issuer.issuer for issuer in auth.issuers) if auth is not None else frozenset(),
         mode=Mode(mode or Mode.ENFORCE),
         upstream_host=host or PRESERVE_HOST,
         strip_prefix=strip or "",
@@ -513,27 +546,69 @@ def _auth(field: Field) -> AuthConfig | None:
     members = field.mapping(_AUTH_KEYS)
     if members is None:
         return None
-    if "issuer" not in members:
-        field.missing("issuer", " (the token's `iss` must equal it exactly)")
+    cache_entries = optional(
+        members, "token_cache_entries", lambda f: f.integer(minimum=0), DEFAULT_TOKEN_CACHE_ENTRIES
+    )
+    if "issuers" in members:
+        single = [members[key] for key in _ISSUER_KEYS if key in members]
+        for given in single:
+            given.error("give either `issuer` (one issuer) or `issuers` (a list of issuer blocks), not both")
+        issuers = _issuer_list(members["issuers"])
+        if single:
+            return None
+    else:
+        if "issuer" not in members:
+            field.missing("issuer", " (the token's `iss` must equal it exactly)")
+        one = _issuer(members)
+        issuers = (one,) if one is not None else None
+    if issuers is None or cache_entries is None:
+        return None
+    return AuthConfig(issuers=issuers, token_cache_entries=int(cache_entries))
+
+
+def _issuer_list(field: Field) -> tuple[IssuerConfig, ...] | None:
+    items = field.sequence()
+    if items is None:
+        return None
+    if not items:
+        field.error("list at least one issuer block ({issuer: URL, ...})")
+        return None
+    issuers = []
+    for item in items:
+        members = item.mapping(_ISSUER_KEYS)
+        if members is None:
+            continue
+        if "issuer" not in members:
+            item.missing("issuer", " (the token's `iss` must equal it exactly)")
+        issuers.append(_issuer(members))
+    if len(issuers) != len(items) or None in issuers:
+        return None
+    found = tuple(issuer for issuer in issuers if issuer is not None)
+    seen: set[str] = set()
+    for item, issuer in zip(items, found, strict=True):
+        if issuer.issuer in seen:
+            item.error(f"issuer {issuer.issuer!r} is listed twice")
+            return None
+        seen.add(issuer.issuer)
+    return found
+
+
+def _issuer(members: dict[str, Field]) -> IssuerConfig | None:
     issuer = optional(members, "issuer", lambda f: _url(f, what="issuer"), None)
     jwks_uri = optional(members, "jwks_uri", lambda f: _url(f, what="JWKS"), "")
     algorithms = optional(members, "algorithms", _algorithms, ASYMMETRIC_ALGORITHMS)
     leeway = optional(members, "leeway_seconds", _non_negative, 60.0)
     refresh = optional(members, "jwks_refresh_seconds", lambda f: f.number(minimum=1), 300.0)
     cooldown = optional(members, "jwks_refetch_cooldown_seconds", _non_negative, 5.0)
-    cache_entries = optional(
-        members, "token_cache_entries", lambda f: f.integer(minimum=0), DEFAULT_TOKEN_CACHE_ENTRIES
-    )
-    if issuer is None or jwks_uri is None or algorithms is None or None in (leeway, refresh, cooldown, cache_entries):
+    if issuer is None or jwks_uri is None or algorithms is None or None in (leeway, refresh, cooldown):
         return None
-    return AuthConfig(
+    return IssuerConfig(
         issuer=issuer,
         jwks_uri=jwks_uri or None,
         algorithms=algorithms,
         leeway_seconds=float(leeway or 0),
         jwks_refresh_seconds=float(refresh or 0),
         jwks_refetch_cooldown_seconds=float(cooldown or 0),
-        token_cache_entries=int(cache_entries or 0),
     )
 
 

@@ -117,7 +117,7 @@ async def run_demo(config: Config, ports: DemoPorts, *, out: TextIO = sys.stdout
     issuer = DevIssuer(f"http://{issuer_host}:{issuer_sock.getsockname()[1]}{issuer_path}")
     config = replace(
         config,
-        auth=replace(config.auth, issuer=issuer.issuer, jwks_uri=None),
+        auth=replace(config.auth, issuers=(replace(config.auth.issuers[0], issuer=issuer.issuer, jwks_uri=None),)),
         upstream=f"http://{upstream_host}:{upstream_sock.getsockname()[1]}",
         listen=HostPort(host=config.listen.host, port=_pick(ports.proxy, config.listen.port)),
         admin_listen=HostPort(host=config.admin_listen.host, port=_pick(ports.admin, config.admin_listen.port)),

@@ -20,11 +20,11 @@ from scopegate.bearer import check_format
 from scopegate.config import Config
 from scopegate.errors import RESPONSES, MissingToken, Reason
 from scopegate.gate import Credentials, Gate
-from scopegate.jwks import JwksCache
+from scopegate.issuers import KeyCaches, Verifier
 from scopegate.policy import Decision
 from scopegate.request import Headers, RequestFacts
 from scopegate.rules import BEARER_HEADER, RouteRule, ScopeMode, TokenFrom
-from scopegate.tokens import Claims, TokenVerifier, claims_from_payload
+from scopegate.tokens import Claims, claims_from_payload
 
 
 @dataclass
@@ -146,7 +146,7 @@ class _GivenClaims:
 class _GivenToken:
     """`--token`: verified for real, against the issuer's JWKS fetched now."""
 
-    def __init__(self, keys: JwksCache, verifier: TokenVerifier, result: Explanation) -> None:
+    def __init__(self, keys: KeyCaches, verifier: Verifier, result: Explanation) -> None:
         self._keys, self._verifier, self._result = keys, verifier, result
 
     def claims(self, token: str) -> Awaitable[Claims]:

@@ -27,11 +27,12 @@ from scopegate.bearer import check_format, find_token, organization_id
 from scopegate.config import Config
 from scopegate.cors import Cors, Pairs, is_preflight
 from scopegate.errors import RESPONSES, BadPath, CorsOriginNotAllowed, NoRoute, Reason, Rejection
+from scopegate.issuers import Verifier
 from scopegate.policy import ORGANIZATION_CHECKED, claim_at, decide
 from scopegate.request import Headers, RequestFacts, query_without
 from scopegate.routing import Router, normalize_path
 from scopegate.rules import Mode, RouteRule, TokenFrom
-from scopegate.tokens import Claims, TokenVerifier
+from scopegate.tokens import Claims
 
 # Denials that audit mode forwards anyway. A hostile path, an ambiguous request or missing signing keys are never
 # forwarded: audit relaxes the rules, not the proxy's own safety.
@@ -74,7 +75,7 @@ class BearerCredentials:
 
     __slots__ = ("_verifier",)
 
-    def __init__(self, verifier: TokenVerifier) -> None:
+    def __init__(self, verifier: Verifier) -> None:
         self._verifier = verifier
 
     def claims(self, token: str) -> Claims | Awaitable[Claims]:

@@ -50,8 +50,21 @@ def decide(
 ) -> Decision:
     """The decision for a protected route; `organization_id` is the one the request names (None: route has none),
     `params` the matched template's path parameters (for `{param}` claim conditions)."""
-    denial = _audience(route, organization_id, claims) or _scopes(route, claims) or _claims(route, claims, params)
+    denial = (
+        _issuer(route, claims)
+        or _audience(route, organization_id, claims)
+        or _scopes(route, claims)
+        or _claims(route, claims, params)
+    )
     return denial or ALLOW
+
+
+def _issuer(route: RouteRule, claims: Claims) -> Decision | None:
+    if route.issuers and claims.issuer not in route.issuers:
+        return Decision(
+            Reason.INVALID_TOKEN, "issuer_not_allowed", "the access token's issuer is not accepted on this route"
+        )
+    return None
 
 
 def _audience(route: RouteRule, organization_id: str | None, claims: Claims) -> Decision | None:

@@ -129,6 +129,7 @@ class RouteDefaults:
     token_from: tuple[TokenSource, ...] = BEARER_HEADER
     forward_claims: tuple[ClaimHeader, ...] = ()
     forward_payload: bool = False
+    issuers: frozenset[str] = frozenset()  # the configured issuers, which a route's `issuers` must name
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,6 +151,7 @@ class RouteRule:
     token_from: tuple[TokenSource, ...] = BEARER_HEADER  # where the token may be; carried in two is a 400
     forward_claims: tuple[ClaimHeader, ...] = ()  # the top level's, then the route's own
     forward_payload: bool = False  # X-Auth-Claims: the verified payload, base64url JSON
+    issuers: frozenset[str] = frozenset()  # empty: any configured issuer; else only these
 
     def upstream_path(self, path: str) -> str:
         """The path forwarded for a matched, normalized `path`."""
@@ -178,6 +180,7 @@ _ROUTE_KEYS = (
     "token_from",
     "forward_claims",
     "forward_payload",
+    "issuers",
 )
 _MOVED_ROUTE_KEYS = {"path": "match", "methods": "match"}
 
@@ -232,6 +235,7 @@ def _route(field: Field, defaults: RouteDefaults) -> RouteRule | None:
     own_claims = optional(members, "forward_claims", parse_forward_claims, ())
     payload = optional(members, "forward_payload", lambda f: f.boolean(), defaults.forward_payload)
     forwarded = _merged_claim_headers(defaults.forward_claims, own_claims, members.get("forward_claims"))
+    issuers = optional(members, "issuers", lambda f: _route_issuers(f, defaults.issuers), frozenset())
     if prefix and template is not None and not _template_starts_with(template.source, prefix):
         where = members.get("strip_prefix")
         message = f"the path template {template.source!r} does not start with strip_prefix {prefix!r}"
@@ -252,7 +256,7 @@ def _route(field: Field, defaults: RouteDefaults) -> RouteRule | None:
         return None
     if unverified is None or host is None or prefix is None or token_from is None:
         return None
-    if own_claims is None or payload is None or forwarded is None:
+    if own_claims is None or payload is None or forwarded is None or issuers is None:
         return None
     if ("organization" in members and organization is None) or ("resource" in members and resource is None):
         return None
@@ -272,6 +276,7 @@ def _route(field: Field, defaults: RouteDefaults) -> RouteRule | None:
         token_from=token_from,
         forward_claims=forwarded,
         forward_payload=payload,
+        issuers=issuers,
         line=field.line,
     )
 
@@ -334,6 +339,19 @@ def _merged_claim_headers(
             field.error(f"{header.header} already carries claim {earlier.claim!r} (top-level forward_claims)")
             return None
     return inherited + tuple(header for header in own if header.header.lower() not in taken)
+
+
+def _route_issuers(field: Field, configured: frozenset[str]) -> frozenset[str] | None:
+    items = field.strings()
+    if items is None:
+        return None
+    if not items:
+        field.error("list at least one issuer (leave `issuers` out to accept every configured issuer)")
+        return None
+    unknown = [(issuer, item) for issuer, item in items if configured and issuer not in configured]
+    for issuer, item in unknown:
+        item.error(f"{issuer!r} is not one of the issuers under `auth` ({', '.join(sorted(configured))})")
+    return None if unknown else frozenset(issuer for issuer, _ in items)
 
 
 _TOKEN_FROM_EXAMPLE = "header, {cookie: NAME} or {query: NAME}"
@@ -402,7 +420,16 @@ def _template_starts_with(source: str, prefix: str) -> bool:
 
 
 def _check_public(field: Field, members: dict[str, Field]) -> None:
-    for key in ("resource", "organization", "scopes", "claims", "token_from", "forward_claims", "forward_payload"):
+    for key in (
+        "resource",
+        "organization",
+        "scopes",
+        "claims",
+        "token_from",
+        "forward_claims",
+        "forward_payload",
+        "issuers",
+    ):
         if key in members:
             members[key].error(f"a public route needs no token, so it takes no `{key}`; remove one or the other")
 

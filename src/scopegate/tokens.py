@@ -85,6 +85,7 @@ class Claims:
     organization_id: str | None
     expires_at: float
     raw: Mapping[str, Any]
+    issuer: str | None = None  # `iss`; verified against the configured issuers unless the claims were given
 
 
 class KeySource(Protocol):
@@ -119,6 +120,7 @@ class VerifiedToken:
     not_before: float | None  # nbf
     issued_at: float | None  # iat
     key: KeyId
+    leeway: float  # the issuer's, for the time checks on every hit of a cache several issuers may share
 
 
 class TokenVerifier:
@@ -168,7 +170,7 @@ class TokenVerifier:
         if entry is None:
             return None
         try:
-            _check_times(entry.claims.expires_at, entry.not_before, entry.issued_at, self._leeway, self._clock())
+            _check_times(entry.claims.expires_at, entry.not_before, entry.issued_at, entry.leeway, self._clock())
         except InvalidToken:
             self._cache.evict(token)
             raise
@@ -210,7 +212,18 @@ class TokenVerifier:
         """Signature, then the registered claims."""
         _check_signature(key, jws)
         exp, nbf, iat = _check_registered_claims(jws.payload, self._issuer, self._leeway, self._clock())
-        return VerifiedToken(claims=_claims(jws.payload, exp), not_before=nbf, issued_at=iat, key=key.identity)
+        return VerifiedToken(
+            claims=_claims(jws.payload, exp), not_before=nbf, issued_at=iat, key=key.identity, leeway=self._leeway
+        )
+
+    @property
+    def issuer(self) -> str:
+        return self._issuer
+
+    def issuer_of(self, token: str) -> str | None:
+        """The `iss` a token names, read before anything is verified, to choose whose keys verify it."""
+        issuer = _parse(token, self._max_token_bytes, self._headers).payload.get("iss")
+        return issuer if isinstance(issuer, str) else None
 
 
 def claims_from_payload(payload: Mapping[str, Any]) -> Claims:
@@ -237,6 +250,7 @@ def _claims(payload: dict[str, Any], expires_at: float) -> Claims:
         organization_id=_optional_string(payload, "organization_id"),
         expires_at=expires_at,
         raw=MappingProxyType(payload),
+        issuer=payload.get("iss") if isinstance(payload.get("iss"), str) else None,
     )
 
 
