@@ -145,6 +145,28 @@ async def test_explain_verifies_a_real_token(tmp_path: Path, issuer: IssuerServe
     assert result.returncode == 1
     assert "reason invalid_token" in result.stdout
     assert good not in result.stdout + result.stderr, "the token is never echoed"
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("request:"), "logs (jwks_refreshed ...) go to stderr: stdout is the report alone"
+    assert "jwks_refreshed" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        pytest.param(
+            ["GET", "/api/settings", "--header", "X-Organization-Id: o1", "--header", "X-Organization-Id: o2"],
+            "reason missing_organization",
+            id="repeated-header-is-several-as-on-the-server",
+        ),
+        pytest.param(["get", "/api/reports/1"], "reason bad_request", id="lower-case-method-refused-as-on-the-server"),
+        pytest.param(["FETCH", "/api/reports/1"], "reason bad_request", id="unknown-method"),
+    ],
+)
+def test_explain_agrees_with_the_server_on_odd_requests(args: list[str], reason: str) -> None:
+    claims = json.dumps({"aud": API, "organization_id": "o1", "scope": "manage:settings read:report"})
+    result = scopegate("explain", "--config", str(EXAMPLE), *args, "--claims", claims)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert reason in result.stdout
 
 
 # --- run --------------------------------------------------------------------------------------------------------

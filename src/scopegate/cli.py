@@ -140,7 +140,10 @@ def _explain(args: argparse.Namespace) -> int:
         if not isinstance(claims, dict):
             print("scopegate: --claims must be a JSON object", file=sys.stderr)
             return EXIT_CONFIG
-    headers = dict(_header(text) for text in args.header)
+    from scopegate.observability import configure_logging
+
+    configure_logging(config.log_level, stream=sys.stderr)  # stdout is the report, for pipes
+    headers = [_header(text) for text in args.header]  # repeated names stay repeated, as on the wire
     result = asyncio.run(explain(config, args.method, args.url, headers=headers, token=args.token, claims=claims))
     print("\n".join(result.lines(config)))
     return EXIT_OK if result.allowed else EXIT_DENY

@@ -8,7 +8,7 @@ real (the issuer's JWKS is fetched); with `--claims` the claims are taken as giv
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +23,7 @@ from scopegate.gate import Credentials, Gate
 from scopegate.issuers import KeyCaches, Verifier
 from scopegate.policy import Decision
 from scopegate.request import Headers, RequestFacts
-from scopegate.rules import BEARER_HEADER, RouteRule, ScopeMode, TokenFrom
+from scopegate.rules import BEARER_HEADER, HTTP_METHODS, RouteRule, ScopeMode, TokenFrom
 from scopegate.tokens import Claims, claims_from_payload
 
 
@@ -81,7 +81,7 @@ async def explain(
     method: str,
     url: str,
     *,
-    headers: Mapping[str, str] | None = None,
+    headers: Sequence[tuple[str, str]] = (),
     token: str | None = None,
     claims: Mapping[str, Any] | None = None,
 ) -> Explanation:
@@ -90,8 +90,11 @@ async def explain(
     The decision is the server's own (`Gate.decide`); only the request arrives from the command line and the
     credentials from `--token` or `--claims` instead of the Authorization header.
     """
-    result = Explanation(method=method.upper())
-    facts = RequestFacts(result.method, _target(url), Headers.of((headers or {}).items()))
+    result = Explanation(method=method)
+    if method not in HTTP_METHODS:  # the proxy port's HTTP parser refuses these before anything is decided
+        result.decision = Decision(Reason.BAD_REQUEST, "bad_method", "an unknown or lower-case method")
+        return result
+    facts = RequestFacts(method, _target(url), Headers.of(headers))
     async with aiohttp.ClientSession() as session:
         credentials = _credentials(config, session, token, claims, result)
         gate = Gate.of(config, credentials)
