@@ -160,6 +160,7 @@ class RouteRule:
             return path
         rest = path[len(prefix) :]
         return rest if rest.startswith("/") else "/" + rest
+
     line: int  # where the rule starts in the config file
 
 
