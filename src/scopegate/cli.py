@@ -125,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from scopegate.explain import explain
+    from scopegate.tools.explain import explain
 
     config = _load(args.config)
     if config is None:
