@@ -1,6 +1,7 @@
-"""The `scopegate` command: run, check, explain, demo.
+"""The `scopegate` command: run, check, explain, test, demo.
 
-Exit codes: 0 success (explain: allow), 1 explain: deny / run: could not serve, 2 invalid config or usage.
+Exit codes: 0 success (explain: allow; test: all passed), 1 explain: deny / test: a case failed / run: could not
+serve, 2 invalid config, test file or usage.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ EXIT_OK, EXIT_DENY, EXIT_FAILED, EXIT_CONFIG = 0, 1, 1, 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": _run, "check": _check, "explain": _explain, "demo": _demo}[args.command]
+    handler = {"run": _run, "check": _check, "explain": _explain, "test": _test, "demo": _demo}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -54,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--header", action="append", default=[], metavar="NAME:VALUE", help="a request header (repeatable)"
     )
+
+    from scopegate.tools import policytest
+
+    policytest.register(commands)
 
     demo = commands.add_parser("demo", help="run a local issuer, an echo upstream and the proxy, print curl lines")
     demo.add_argument("--config", type=Path, default=None, help="rules to serve (default: the bundled demo.yaml)")
@@ -147,6 +152,17 @@ def _explain(args: argparse.Namespace) -> int:
     result = asyncio.run(explain(config, args.method, args.url, headers=headers, token=args.token, claims=claims))
     print("\n".join(result.lines(config)))
     return EXIT_OK if result.allowed else EXIT_DENY
+
+
+def _test(args: argparse.Namespace) -> int:
+    from scopegate.observability import configure_logging
+    from scopegate.tools import policytest
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    configure_logging(config.log_level, stream=sys.stderr)  # stdout is the report
+    return policytest.run(args, config)
 
 
 def _header(text: str) -> tuple[str, str]:

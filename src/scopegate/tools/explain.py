@@ -11,7 +11,6 @@ import json
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -22,9 +21,10 @@ from scopegate.errors import RESPONSES, MissingToken, Reason
 from scopegate.gate import Credentials, Gate
 from scopegate.issuers import KeyCaches, Verifier
 from scopegate.policy import Decision
-from scopegate.request import Headers, RequestFacts
-from scopegate.rules import BEARER_HEADER, HTTP_METHODS, RouteRule, ScopeMode, TokenFrom
-from scopegate.tokens import Claims, claims_from_payload
+from scopegate.request import Headers
+from scopegate.rules import RouteRule, ScopeMode
+from scopegate.tokens import Claims
+from scopegate.tools.offline import GIVEN_CLAIMS_TOKEN, GivenClaims, decide_offline, target_of
 
 
 @dataclass
@@ -91,59 +91,27 @@ async def explain(
     credentials from `--token` or `--claims` instead of the Authorization header.
     """
     result = Explanation(method=method)
-    if method not in HTTP_METHODS:  # the proxy port's HTTP parser refuses these before anything is decided
-        result.decision = Decision(Reason.BAD_REQUEST, "bad_method", "an unknown or lower-case method")
-        return result
-    facts = RequestFacts(method, _target(url), Headers.of(headers))
+    carried = token if token is not None else GIVEN_CLAIMS_TOKEN if claims is not None else None
     async with aiohttp.ClientSession() as session:
         credentials = _credentials(config, session, token, claims, result)
         gate = Gate.of(config, credentials)
-        if token is not None or claims is not None:
-            facts = _carrying(facts, gate.route_for(facts), token or _GIVEN_CLAIMS)
-        verdict = await gate.decide_now(facts)
+        verdict = await decide_offline(gate, method, target_of(url), Headers.of(headers), token=carried)
     result.path = "" if verdict.reason is Reason.BAD_PATH else verdict.path
     result.route = verdict.route
     result.decision = Decision(verdict.reason, verdict.detail, verdict.description)
     return result
 
 
-def _target(url: str) -> str:
-    """The request target of a full URL, or a path with query as it is."""
-    parts = urlsplit(url)
-    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "") if parts.scheme else url.split("#")[0]
-
-
-# What the request carries in place of a token when the claims are given: never verified, never a JWT.
-_GIVEN_CLAIMS = "given-claims"
-
-
-def _carrying(facts: RequestFacts, route: RouteRule | None, token: str) -> RequestFacts:
-    """The request with `token` where its route reads tokens first (the Authorization header by default)."""
-    source = route.token_from[0] if route is not None else BEARER_HEADER[0]
-    if source.kind is TokenFrom.COOKIE:
-        return RequestFacts(facts.method, facts.target, _plus(facts.headers, "Cookie", f"{source.name}={token}"))
-    if source.kind is TokenFrom.QUERY:
-        joiner = "&" if "?" in facts.target else "?"
-        return RequestFacts(facts.method, f"{facts.target}{joiner}{source.name}={token}", facts.headers)
-    if facts.headers.getall("Authorization"):  # the user sent one with --header: theirs counts
-        return facts
-    return RequestFacts(facts.method, facts.target, _plus(facts.headers, "Authorization", f"Bearer {token}"))
-
-
-def _plus(headers: Headers, name: str, value: str) -> Headers:
-    return Headers([*headers.fields, *Headers.of([(name, value)]).fields])
-
-
-class _GivenClaims:
-    """`--claims`: taken as they are, nothing verified."""
+class _GivenClaims(GivenClaims):
+    """`--claims`: taken as they are, nothing verified, and the report says so."""
 
     def __init__(self, payload: Mapping[str, Any], result: Explanation) -> None:
-        self._payload = payload
+        super().__init__(payload)
         self._result = result
 
     def claims(self, token: str) -> Claims:
         self._result.token_note = "claims given with --claims: signature, issuer and expiry NOT checked"
-        return claims_from_payload(self._payload)
+        return super().claims(token)
 
 
 class _GivenToken:
