@@ -111,7 +111,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from scopegate.observability import configure_logging
-    from scopegate.serve import Server, run_until_signalled
+    from scopegate.serve import Server, run_until_signalled, use_uvloop
 
     config = _load(args.config)
     if config is None:
@@ -175,6 +175,7 @@ def _header(text: str) -> tuple[str, str]:
 def _demo(args: argparse.Namespace) -> int:
     from scopegate.demo import DEMO_CONFIG, DemoPorts, run_demo
     from scopegate.observability import configure_logging
+    from scopegate.serve import use_uvloop
 
     config = _load(args.config or DEMO_CONFIG)
     if config is None:
@@ -190,11 +191,3 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"scopegate demo: cannot listen: {exc} (choose other ports with --proxy-port etc.)", file=sys.stderr)
         return EXIT_FAILED
 
-
-def use_uvloop() -> None:
-    """uvloop when installed (the `speed` extra): a faster event loop, same behaviour."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

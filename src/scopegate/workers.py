@@ -49,8 +49,7 @@ def worker_main(config_path: str, config_bytes: bytes) -> None:
 
     The config comes as the bytes the supervisor validated: the file may have changed (or broken) since.
     """
-    from scopegate.cli import use_uvloop
-    from scopegate.serve import Server, run_until_signalled
+    from scopegate.serve import Server, run_until_signalled, use_uvloop
 
     config = config_from_bytes(config_bytes, Path(config_path))
     configure_logging(config.log_level)
