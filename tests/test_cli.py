@@ -241,3 +241,21 @@ def test_console_script_is_scopegate_cli_main() -> None:
     result = scopegate("--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"scopegate {__version__}"
+
+
+def test_explain_understands_token_sources_and_claim_headers(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "upstream: http://127.0.0.1:1\nauth: {issuer: https://i.example}\n"
+        "routes:\n  - name: ws\n    match: {path: '/ws/{user_id}'}\n    resource: https://api.example.com\n"
+        "    token_from: [{cookie: session}]\n    claims: {sub: '{user_id}'}\n"
+        "    forward_claims: {email: X-Auth-Email}\n",
+        encoding="utf-8",
+    )
+    claims = json.dumps({"aud": "https://api.example.com", "sub": "u1", "email": "u1@example.com"})
+    result = scopegate("explain", "--config", str(config), "GET", "/ws/u1", "--claims", claims)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the token from cookie 'session'" in result.stdout
+    assert "forwards:  X-Auth-Email: u1@example.com" in result.stdout
+    other = scopegate("explain", "--config", str(config), "GET", "/ws/u2", "--claims", claims)
+    assert (other.returncode, "reason claim_mismatch" in other.stdout) == (1, True)

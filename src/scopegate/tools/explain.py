@@ -22,7 +22,7 @@ from scopegate.gate import Credentials, Gate
 from scopegate.issuers import KeyCaches, Verifier
 from scopegate.policy import Decision
 from scopegate.request import Headers
-from scopegate.rules import RouteRule, ScopeMode
+from scopegate.rules import BEARER_HEADER, RouteRule, ScopeMode, TokenFrom, TokenSource
 from scopegate.tokens import Claims
 from scopegate.tools.offline import GIVEN_CLAIMS_TOKEN, GivenClaims, decide_offline, target_of
 
@@ -34,6 +34,7 @@ class Explanation:
     route: RouteRule | None = None
     token_note: str = ""
     decision: Decision = field(default_factory=lambda: Decision(Reason.NO_ROUTE))
+    identity: tuple[tuple[str, str], ...] = ()  # the identity headers the upstream would receive
 
     @property
     def allowed(self) -> bool:
@@ -52,6 +53,8 @@ class Explanation:
         verdict = "allow" if self.allowed else f"deny -> {RESPONSES[reason].status} {RESPONSES[reason].error}"
         detail = f" ({self.decision.detail})" if self.decision.detail else ""
         out.append(f"decision:  {verdict}; reason {reason.value}{detail}")
+        if self.allowed or self.identity:
+            out.extend(f"forwards:  {name}: {value}" for name, value in self.identity)
         return out
 
 
@@ -73,7 +76,15 @@ def describe_requirements(route: RouteRule) -> str:
         joiner = "all of" if route.scopes.mode is ScopeMode.ALL else "any of"
         parts.append(f"scopes {joiner} [{', '.join(route.scopes.scopes)}]")
     parts.extend(f"claim {c.name} = {json.dumps(c.value)}" for c in route.claims)
+    if route.issuers:
+        parts.append(f"issued by one of [{', '.join(sorted(route.issuers))}]")
+    if route.token_from != BEARER_HEADER:
+        parts.append("the token from " + " or ".join(_place(source) for source in route.token_from))
     return "; ".join(parts)
+
+
+def _place(source: TokenSource) -> str:
+    return "the Authorization header" if source.kind is TokenFrom.HEADER else f"{source.kind.value} {source.name!r}"
 
 
 async def explain(
@@ -99,6 +110,7 @@ async def explain(
     result.path = "" if verdict.reason is Reason.BAD_PATH else verdict.path
     result.route = verdict.route
     result.decision = Decision(verdict.reason, verdict.detail, verdict.description)
+    result.identity = verdict.identity
     return result
 
 
