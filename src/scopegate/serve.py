@@ -30,6 +30,7 @@ from scopegate.upstream import MAX_CONNECTIONS as UPSTREAM_POOL_MAX
 log = structlog.get_logger("scopegate")
 
 WATCH_INTERVAL_SECONDS = 0.5
+WORKER_KEYS_WAIT_SECONDS = 30.0
 
 
 def config_digest(path: Path | None) -> str:
@@ -62,6 +63,10 @@ class Server:
         config = self.gateway.config
         _raise_open_file_limit(config.limits.max_connections)
         await self.gateway.start()
+        if self._reuse_port:
+            # A worker shares the port with others: until it has keys it would answer its share of the requests 503
+            # while they could serve them, so it joins once it has keys (or after a bound, to fail closed itself).
+            await self._keys_or_timeout(WORKER_KEYS_WAIT_SECONDS)
         if self._admin:
             admin_app = create_admin_app(self.gateway.metrics.registry, self.gateway.readiness)
             admin = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
@@ -89,6 +94,14 @@ class Server:
             routes=len(config.routes),
             pid=os.getpid(),
         )
+
+    async def _keys_or_timeout(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not self.gateway.ready and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if not self.gateway.ready:
+            log.warning("listening_without_keys", waited_seconds=seconds)
 
     async def _serve(self, server: Http1Server, where: HostPort) -> HostPort:
         port = await server.listen(where.host, where.port, reuse_port=self._reuse_port)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import multiprocessing
 import os
 import shutil
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -73,6 +75,23 @@ class _Slot:
     restart_at: float | None = None
 
 
+class _WorkerFiles(multiprocess.MultiProcessCollector):
+    """The workers' metric files, summed; a file still empty is skipped instead of failing every collection.
+
+    prometheus-client creates a worker's file empty and sizes it a moment later (prometheus/client_python#1199): a
+    scrape in between, or a worker killed in between, would make /metrics and /readyz answer 500 until a restart.
+    """
+
+    def collect(self) -> Any:
+        files = glob.glob(os.path.join(self._path, "*.db"))
+        ready = [path for path in files if os.path.getsize(path) >= _MIN_METRICS_FILE]
+        return self.merge(ready, accumulate=True)  # type: ignore[no-untyped-call]
+
+
+# An mmap'ed metrics file starts with its 4-byte used-size and 4 bytes of padding; shorter, it holds nothing yet.
+_MIN_METRICS_FILE = 8
+
+
 class Supervisor:
     def __init__(self, config: Config, count: int) -> None:
         if config.source is None:
@@ -85,7 +104,7 @@ class Supervisor:
         self.failed = False  # a worker could not listen: the whole run fails
         self._draining = False
         self._registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(self._registry)  # type: ignore[no-untyped-call]
+        _WorkerFiles(self._registry)  # type: ignore[no-untyped-call]
 
     def ready_workers(self) -> float:
         for family in self._registry.collect():
