@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 
 from scopegate.config import Config, parse_config
-from scopegate.devissuer import DevIssuer
-from scopegate.echo import echo_app
+from scopegate.dev.echo import echo_app
+from scopegate.dev.issuer import DevIssuer
 from scopegate.observability import Metrics
 from scopegate.serve import Server
 

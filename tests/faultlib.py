@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from scopegate.devissuer import DevIssuer
+from scopegate.dev.issuer import DevIssuer
 from test_operations import RunningCli, bearer, config_text, scopegate_run
 
 from conftest import API, free_port

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from scopegate.echo import echo_app
+from scopegate.dev.echo import echo_app
 from test_operations import RunningCli
 
 from conftest import API, RULES, free_port
@@ -49,7 +49,7 @@ async def serve(app: web.Application, port: int) -> web.AppRunner:
 
 @contextlib.asynccontextmanager
 async def echo_upstream() -> AsyncIterator[str]:
-    """The echo upstream (`scopegate.echo`) on a free port; idle connections close quickly so the proxy's pool
+    """The echo upstream (`scopegate.dev.echo`) on a free port; idle connections close quickly so the proxy's pool
     empties and its descriptors can be compared with a baseline."""
     port = free_port()
     runner = await serve(echo_app(), port)

@@ -124,7 +124,7 @@ def test_example_config_loads_with_one_route_per_scenario() -> None:
 
 
 def test_demo_config_loads() -> None:
-    config = load_config(ROOT / "src" / "scopegate" / "demo.yaml")
+    config = load_config(ROOT / "src" / "scopegate" / "dev" / "demo.yaml")
     assert config.listen == HostPort(host="127.0.0.1", port=8080)
     assert config.auth.issuer == "http://127.0.0.1:8082/oidc"
     assert [rule.name for rule in config.routes] == [

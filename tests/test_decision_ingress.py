@@ -31,7 +31,7 @@ from aiohttp import web
 from aiohttp.client import URL
 
 from scopegate.config import parse_config
-from scopegate.echo import echo_app
+from scopegate.dev.echo import echo_app
 from scopegate.observability import Metrics
 from scopegate.serve import Server
 

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric import ec
 from pytest_aiohttp import AiohttpClient
 
-from scopegate.devissuer import DevIssuer
+from scopegate.dev.issuer import DevIssuer
 
 ISSUER = "http://127.0.0.1:8081/oidc"
 API = "https://api.example.com"

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
-from scopegate.echo import echo_app
+from scopegate.dev.echo import echo_app
 
 Client = TestClient[web.Request, web.Application]
 

@@ -8,7 +8,7 @@ from base64 import urlsafe_b64decode, urlsafe_b64encode
 import pytest
 from aiohttp import web
 
-from scopegate.devissuer import DevIssuer
+from scopegate.dev.issuer import DevIssuer
 
 from conftest import API, IssuerServer, ProxyFactory, Running, free_port, make_config, start_app
 

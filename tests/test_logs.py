@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from scopegate.echo import echo_app
+from scopegate.dev.echo import echo_app
 from scopegate.observability import redact
 from test_operations import Site, bearer, new_site, status_of
 

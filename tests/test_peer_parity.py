@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from scopegate.config import Config, parse_config
-from scopegate.devissuer import DevIssuer
+from scopegate.dev.issuer import DevIssuer
 from scopegate.errors import ConfigError
 
 from conftest import (

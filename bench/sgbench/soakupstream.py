@@ -1,6 +1,6 @@
 """The soak's upstream, a process of its own: scopegate's echo app, plus a record of every request that reaches it.
 
-`python -m sgbench.soakupstream --port P` serves `scopegate.echo` (which answers with what it received: method,
+`python -m sgbench.soakupstream --port P` serves `scopegate.dev.echo` (which answers with what it received: method,
 raw path, headers, body length and digest, so the soak can check identity headers per request) and writes one line
 per request to stdout, `<X-Request-Id>\\t<method>\\t<raw target>`, flushed at once: after the run the soak holds the
 record against what it expected forwarded. One injected fault of its own: `/reset/...` aborts the connection
@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import uvloop
 from aiohttp import web
 
-from scopegate.echo import echo_app
+from scopegate.dev.echo import echo_app
 
 RESET_PREFIX = "/reset/"
 

@@ -92,6 +92,7 @@ class Gateway:
         self._credentials: BearerCredentials | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.keys_loaded = asyncio.Event()  # set once every issuer has keys (a worker waits for it to listen)
 
     @property
     def ready(self) -> bool:
@@ -175,6 +176,8 @@ class Gateway:
 
     def _keys_refreshed(self, success: bool, keys: int) -> None:
         self.metrics.jwks_refreshed(success, self._keys.key_count if self._keys is not None else keys)
+        if self._keys is not None and self._keys.has_keys:
+            self.keys_loaded.set()
         self.metrics.worker_ready.set(1 if self.ready else 0)
 
     async def _sync_cache_metrics(self) -> None:

@@ -173,7 +173,7 @@ def _header(text: str) -> tuple[str, str]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from scopegate.demo import DEMO_CONFIG, DemoPorts, run_demo
+    from scopegate.dev.demo import DEMO_CONFIG, DemoPorts, run_demo
     from scopegate.observability import configure_logging
     from scopegate.serve import use_uvloop
 

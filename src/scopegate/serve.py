@@ -96,11 +96,9 @@ class Server:
         )
 
     async def _keys_or_timeout(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while not self.gateway.ready and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        if not self.gateway.ready:
+        try:
+            await asyncio.wait_for(self.gateway.keys_loaded.wait(), seconds)
+        except TimeoutError:
             log.warning("listening_without_keys", waited_seconds=seconds)
 
     async def _serve(self, server: Http1Server, where: HostPort) -> HostPort:

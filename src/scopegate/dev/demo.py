@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from scopegate.config import Config, HostPort
-from scopegate.devissuer import DevIssuer
-from scopegate.echo import echo_app
+from scopegate.dev.echo import echo_app
+from scopegate.dev.issuer import DevIssuer
 from scopegate.serve import Server, run_until_signalled
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
