@@ -1,7 +1,8 @@
-"""The `scopegate` command: run, check, explain, test, demo.
+"""The `scopegate` command: run, check, explain, test, routes, demo.
 
 Exit codes: 0 success (explain: allow; test: all passed), 1 explain: deny / test: a case failed / run: could not
-serve, 2 invalid config, test file or usage.
+serve / check --online: an issuer's keys could not be fetched, 2 invalid config (check --strict: or a warning), test
+file or usage.
 """
 
 from __future__ import annotations
@@ -24,9 +25,16 @@ EXIT_OK, EXIT_DENY, EXIT_FAILED, EXIT_CONFIG = 0, 1, 1, 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": _run, "check": _check, "explain": _explain, "test": _test, "demo": _demo}[args.command]
+    handlers = {
+        "run": _run,
+        "check": _check,
+        "explain": _explain,
+        "test": _test,
+        "routes": _routes,
+        "demo": _demo,
+    }
     try:
-        return handler(args)
+        return handlers[args.command](args)
     except KeyboardInterrupt:
         return EXIT_OK
 
@@ -42,8 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(run, required_env=True)
     run.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
 
-    check = commands.add_parser("check", help="validate a config file")
-    _config_option(check, required_env=True)
+    check = commands.add_parser("check", help="validate and lint a config file, or a Helm values file's config:")
+    _config_option(source := check.add_mutually_exclusive_group(), required_env=False)
+    source.add_argument("--values", type=Path, metavar="FILE", help="a Helm values file: check its `config:` block")
+    check.add_argument("--strict", action="store_true", help="warnings fail the check too (exit 2)")
+    check.add_argument("--online", action="store_true", help="also fetch each issuer's discovery document and JWKS")
 
     explain = commands.add_parser("explain", help="show which route matches a request and the decision")
     _config_option(explain, required_env=True)
@@ -60,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
 
     policytest.register(commands)
 
+    routes = commands.add_parser("routes", help="print the route table, in evaluation order")
+    _config_option(routes, required_env=True)
+    routes.add_argument("--format", choices=("text", "markdown", "json"), default="text", help="default: text")
+
     demo = commands.add_parser("demo", help="run a local issuer, an echo upstream and the proxy, print curl lines")
     demo.add_argument("--config", type=Path, default=None, help="rules to serve (default: the bundled demo.yaml)")
     for name in ("proxy", "admin", "issuer", "upstream"):
@@ -67,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_option(parser: argparse.ArgumentParser, *, required_env: bool) -> None:
+def _config_option(parser: argparse._ActionsContainer, *, required_env: bool) -> None:
     default = os.environ.get("SCOPEGATE_CONFIG")
     parser.add_argument(
         "--config",
@@ -95,17 +110,70 @@ def _load(path: Path) -> Config | None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print("\n".join(exc.problems))
-        print(f"{args.config}: {len(exc.problems)} problem(s)", file=sys.stderr)
+    """Problems and warnings on stdout (problems first); the OK line before the warnings; counts on stderr."""
+    from scopegate.tools.lint import lint
+
+    if args.config is None and args.values is None:
+        print("scopegate check: give --config FILE or --values FILE (or set SCOPEGATE_CONFIG)", file=sys.stderr)
         return EXIT_CONFIG
+    source = args.values or args.config
+    config, problems, warnings = _checked(args)
+    if config is not None:
+        found = lint(config.routes, crumb="config.routes" if args.values else "routes")
+        warnings += [(warning.line, warning.render(str(source))) for warning in found]
+    notes = [text for _, text in sorted(warnings, key=lambda warning: warning[0])]
+    if config is None or (notes and args.strict):
+        print("\n".join([*problems, *notes]))
+        counts = [f"{len(problems)} problem(s)"] * bool(problems) + [f"{len(notes)} warning(s)"] * bool(notes)
+        strict = "" if problems else "; --strict fails on warnings"
+        print(f"{source}: {', '.join(counts)}{strict}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(_summary(source, config, from_values=args.values is not None) + (f"; {len(notes)} warning(s)" * bool(notes)))
+    print("\n".join(notes), end="\n" if notes else "")
+    return _online(config) if args.online else EXIT_OK
+
+
+def _summary(source: Path, config: Config, *, from_values: bool) -> str:
     public = sum(rule.public for rule in config.routes)
-    print(
-        f"{args.config}: OK: {len(config.routes)} routes ({len(config.routes) - public} protected, {public} public); "
-        f"issuer {config.auth.issuer}; upstream {config.upstream}"
+    names = [issuer.issuer for issuer in config.auth.issuers]
+    issuers = f"issuer {names[0]}" if len(names) == 1 else f"issuers {', '.join(names)}"
+    upstream = config.upstream
+    if from_values:
+        upstream = "set by the chart" if config.upstream else "none (decision mode)"
+    return (
+        f"{source}: OK: {'config: ' if from_values else ''}{len(config.routes)} routes "
+        f"({len(config.routes) - public} protected, {public} public); {issuers}; upstream {upstream}"
     )
+
+
+def _checked(args: argparse.Namespace) -> tuple[Config | None, list[str], list[tuple[int, str]]]:
+    """The config (None when invalid), its problems, and the warnings found while reading it, with their lines."""
+    if args.values is not None:
+        from scopegate.tools.helmvalues import check_values
+
+        checked = check_values(args.values)
+        return checked.config, checked.problems, list(checked.warnings)
+    try:
+        return load_config(args.config), [], []
+    except ConfigError as exc:
+        return None, list(exc.problems), []
+
+
+def _online(config: Config) -> int:
+    from scopegate.tools.online import probe
+
+    reports = asyncio.run(probe(config.auth))
+    print("\n".join(line for report in reports for line in report.lines()))
+    return EXIT_OK if all(report.ok for report in reports) else EXIT_FAILED
+
+
+def _routes(args: argparse.Namespace) -> int:
+    from scopegate.tools.routes import render
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    sys.stdout.write(render(config.routes, args.format))
     return EXIT_OK
 
 
@@ -190,4 +258,3 @@ def _demo(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"scopegate demo: cannot listen: {exc} (choose other ports with --proxy-port etc.)", file=sys.stderr)
         return EXIT_FAILED
-

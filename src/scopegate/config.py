@@ -212,8 +212,21 @@ def parse_config(text: str, source: Path | None = None, *, digest: str = "none")
     return config
 
 
+def config_from_field(root: Field, source: Path | None = None) -> Config | None:
+    """The config in an already composed mapping (e.g. the `config:` block of a Helm values file), or None.
+
+    Problems go to `root.problems`, with the lines of the file `root` was composed from and `root`'s breadcrumb.
+    """
+    return _parse_root(root, source, "none")
+
+
+# Top-level keys starting with this are the user's own (shared blocks to anchor and merge, `<<: *api`), as in
+# docker compose files: never read, never refused.
+EXTENSION_PREFIX = "x-"
+
+
 def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
-    members = root.mapping(_TOP_KEYS)
+    members = root.mapping(_TOP_KEYS, free_prefix=EXTENSION_PREFIX)
     if members is None:
         return None
     for required in ("auth", "routes"):

@@ -46,6 +46,11 @@ class HttpJwksFetcher:
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._max_bytes = max_bytes
 
+    @property
+    def url(self) -> str:
+        """Where the keys come from, for logs: the JWKS URL once known (configured or discovered), else discovery's."""
+        return self._jwks_uri or self._discovery_url
+
     async def __call__(self) -> Mapping[str, Any]:
         return await self._get_json(await self._jwks_url())
 

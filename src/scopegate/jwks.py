@@ -151,6 +151,17 @@ def _usable_key(
         return None, {}
 
 
+def judge_key(entry: object, algorithms: frozenset[str]) -> tuple[frozenset[str], str | None]:
+    """What the cache makes of one JWK: the allowed algorithms it verifies, or why it skips it (`jwk_skipped`'s `why`).
+
+    For `scopegate check --online`, which reports every key; a kid used twice is for the caller to spot.
+    """
+    try:
+        return frozenset(_keys_for(entry, algorithms)), None
+    except _Unusable as exc:
+        return frozenset(), exc.why
+
+
 def _keys_for(entry: object, algorithms: frozenset[str]) -> dict[str, PublishedKey]:
     if not isinstance(entry, dict):
         raise _Unusable("not_an_object")
@@ -301,7 +312,10 @@ class JwksCache:
         try:
             keys = _parse_jwks(await self._fetch(), self._algorithms)
         except Exception as exc:  # whatever the fetcher raises, the old keys keep serving
-            _log.warning("jwks_refresh_failed", error=str(exc) or type(exc).__name__, keys=self.key_count)
+            # A fetcher that knows its URL (HttpJwksFetcher) names it: the error of a JWKS that is no key set has none.
+            where = getattr(self._fetch, "url", None)
+            url = {"url": where} if isinstance(where, str) else {}
+            _log.warning("jwks_refresh_failed", error=str(exc) or type(exc).__name__, keys=self.key_count, **url)
             return False
         self._swap(keys)
         _log.info("jwks_refreshed", keys=keys.count)

@@ -3,6 +3,10 @@
 PyYAML's `safe_load` throws line numbers away and silently keeps the last of two duplicate keys. Composing to nodes
 keeps both: each `Field` carries the node it came from and a breadcrumb (`routes[2].match.methods[1]`), and every
 problem is appended to one `Problems` list instead of raised, so a user sees all of them at once.
+
+Anchors and aliases need nothing of their own: an alias is the very node its anchor names, so a problem in a shared
+value is reported where the value is written. Merge keys (`<<: *defaults`) are resolved here, as YAML's merge key type
+says: the mapping's own keys win over merged ones, and of several merged mappings the first to give a key wins.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _BOOL = "tag:yaml.org,2002:bool"
 _NULL = "tag:yaml.org,2002:null"
+_MERGE = "tag:yaml.org,2002:merge"
 
 Scalar = str | int | float | bool
 
@@ -84,21 +89,26 @@ class Field:
 
     # --- shapes -----------------------------------------------------------------------------------------------
 
-    def mapping(self, allowed: tuple[str, ...], moved: Mapping[str, str] | None = None) -> dict[str, Field] | None:
+    def mapping(
+        self, allowed: tuple[str, ...], moved: Mapping[str, str] | None = None, *, free_prefix: str = ""
+    ) -> dict[str, Field] | None:
         """The members of a mapping; unknown and repeated keys are problems (and dropped).
 
         `moved` names where keys that belong elsewhere go (`{"methods": "match"}`), for a better hint than a typo's.
+        Keys starting with `free_prefix` (`x-`) are the user's own, free-form and left alone.
         """
         if not isinstance(self.node, MappingNode):
             self.error(f"expected a mapping with keys {', '.join(allowed)}; got {_kind(self.node)}")
             return None
         members: dict[str, Field] = {}
-        for key_node, value_node in self.node.value:
+        for key_node, value_node in self.pairs():
             if not isinstance(key_node, ScalarNode):
                 self.problems.add(key_node, self.crumb, f"expected a key name; got {_kind(key_node)} as a key")
                 continue
             key = str(key_node.value)
             crumb = f"{self.crumb}.{key}" if self.crumb else key
+            if free_prefix and key.startswith(free_prefix):
+                continue
             if key not in allowed:
                 hint = _unknown_key_hint(key, allowed, moved or {})
                 self.problems.add(key_node, crumb, f"unknown key{hint}; expected one of {', '.join(allowed)}")
@@ -121,7 +131,7 @@ class Field:
             self.error(f"expected a mapping; got {_kind(self.node)}")
             return
         seen: set[str] = set()
-        for key_node, value_node in self.node.value:
+        for key_node, value_node in self.pairs():
             key = _scalar_value(key_node)
             if not isinstance(key, str) or not key:
                 self.problems.add(key_node, self.crumb, "keys must be non-empty strings")
@@ -131,6 +141,55 @@ class Field:
                 continue
             seen.add(key)
             yield key, self.child(value_node, f".{key}", key_node)
+
+    def pairs(self) -> list[tuple[Node, Node]]:
+        """A mapping's (key, value) nodes with its merge keys (`<<`) resolved; its own keys all kept, repeats too.
+
+        Merged pairs come first, as PyYAML's loader orders them; a merged key the mapping gives itself is dropped, and
+        so is one an earlier merged mapping already gave. A `<<` that is neither a mapping nor a list of mappings is
+        a problem. Each mapping is merged at most once, so a merge cycle (`&a {<<: *a}`) ends.
+        """
+        if not isinstance(self.node, MappingNode):
+            return []
+        own = [(key, value) for key, value in self.node.value if key.tag != _MERGE]
+        given = {str(key.value) for key, _ in own if isinstance(key, ScalarNode)}
+        merged: list[tuple[Node, Node]] = []
+        self._merge_into(merged, given, self.node, {id(self.node)})
+        return merged + own
+
+    def _merge_into(self, merged: list[tuple[Node, Node]], given: set[str], node: MappingNode, seen: set[int]) -> None:
+        for key, value in node.value:
+            if key.tag != _MERGE:
+                continue
+            sources = value.value if isinstance(value, SequenceNode) else [value]
+            for source in sources:
+                if not isinstance(source, MappingNode):
+                    where = source if isinstance(value, SequenceNode) else key
+                    self.problems.add(
+                        where,
+                        self.crumb,
+                        f"a merge key `<<` takes a mapping (e.g. an alias *defaults) or a list of them; got"
+                        f" {_kind(source)}",
+                    )
+                    continue
+                if id(source) in seen:
+                    continue
+                seen.add(id(source))
+                self._take_pairs(merged, given, source, seen)
+
+    def _take_pairs(
+        self, merged: list[tuple[Node, Node]], given: set[str], source: MappingNode, seen: set[int]
+    ) -> None:
+        """The pairs `source` contributes: its own keys not given yet, then (with lower priority) its own merges."""
+        own = [(key, value) for key, value in source.value if key.tag != _MERGE]
+        for key, value in own:
+            name = str(key.value) if isinstance(key, ScalarNode) else None
+            if name is not None and name in given:
+                continue
+            if name is not None:
+                given.add(name)
+            merged.append((key, value))
+        self._merge_into(merged, given, source, seen)
 
     # --- scalars ----------------------------------------------------------------------------------------------
 
@@ -232,11 +291,40 @@ def _yaml_error(exc: yaml.MarkedYAMLError) -> tuple[int, str]:
     return (mark.line + 1 if mark else 1), message
 
 
+# Names people reach for from other tools' schemas (OAuth, Envoy, Kubernetes), and the key scopegate calls it.
+_SYNONYMS = {
+    "aud": "resource",
+    "audience": "resource",
+    "scp": "scopes",
+    "permissions": "scopes",
+    "org": "organization",
+    "verbs": "methods",
+    "prefix": "path",
+}
+
+
 def _unknown_key_hint(key: str, allowed: tuple[str, ...], moved: Mapping[str, str]) -> str:
     if key in moved:
         return f" here (it belongs under `{moved[key]}`)"
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.75)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = _close_key(key, allowed)
+    if close is not None:
+        return f" (did you mean {close!r}?)"
+    elsewhere = _close_key(key, tuple(moved))
+    if elsewhere is not None:
+        return f" (did you mean {elsewhere!r}? it belongs under `{moved[elsewhere]}`)"
+    return ""
+
+
+def _close_key(key: str, known: tuple[str, ...]) -> str | None:
+    """The known key `key` is most likely a misspelling of: another case, `-` for `_`, a synonym, or a near miss."""
+    folded = key.lower().replace("-", "_")
+    for candidate in (folded, _SYNONYMS.get(folded)):
+        if candidate is not None and candidate != key and candidate in known:
+            return candidate
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75) or difflib.get_close_matches(
+        folded, known, n=1, cutoff=0.75
+    )
+    return close[0] if close else None
 
 
 def _line(node: Node | None) -> int:
