@@ -1,4 +1,4 @@
-"""The `scopegate` command: run, check, explain, test, routes, demo.
+"""The `scopegate` command: run, check, explain, test, routes, init, demo.
 
 Exit codes: 0 success (explain: allow; test: all passed), 1 explain: deny / test: a case failed / run: could not
 serve / check --online: an issuer's keys could not be fetched, 2 invalid config (check --strict: or a warning), test
@@ -31,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain": _explain,
         "test": _test,
         "routes": _routes,
+        "init": _init,
         "demo": _demo,
     }
     try:
@@ -67,9 +68,10 @@ def _parser() -> argparse.ArgumentParser:
         "--header", action="append", default=[], metavar="NAME:VALUE", help="a request header (repeatable)"
     )
 
-    from scopegate.tools import policytest
+    from scopegate.tools import openapi, policytest
 
     policytest.register(commands)
+    openapi.register(commands)
 
     routes = commands.add_parser("routes", help="print the route table, in evaluation order")
     _config_option(routes, required_env=True)
@@ -165,6 +167,12 @@ def _online(config: Config) -> int:
     reports = asyncio.run(probe(config.auth))
     print("\n".join(line for report in reports for line in report.lines()))
     return EXIT_OK if all(report.ok for report in reports) else EXIT_FAILED
+
+
+def _init(args: argparse.Namespace) -> int:
+    from scopegate.tools import openapi
+
+    return openapi.run(args)
 
 
 def _routes(args: argparse.Namespace) -> int:

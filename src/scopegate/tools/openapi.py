@@ -1,0 +1,260 @@
+"""`scopegate init --from-openapi SPEC --resource URI`: a starting config written from the API's OpenAPI document.
+
+One route per operation, in an order where no route shadows a more specific one, with the scopes the document's
+security asks for; every route carries the operation's summary as a comment, and a comment wherever the route says
+less or more than the document (a scheme scopegate cannot check, an alternative left out, a path segment a template
+cannot express). `generate` is pure: the document's text in, the config's text out, checked with the same parser as
+`scopegate check`. Reading the document is `openapi_document`'s; paths, names and order are `openapi_routes`'s, scopes
+`openapi_security`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any
+
+from scopegate.config import parse_config
+from scopegate.errors import ConfigError
+from scopegate.rules import ORGANIZATION_AUDIENCE_PREFIX, ScopeMode, split_url
+from scopegate.tools.openapi_document import Document, Operation, SpecError, read_document, template_prefix
+from scopegate.tools.openapi_routes import Route, plan_routes
+
+EXIT_OK, EXIT_INVALID = 0, 2
+PLACEHOLDER_ISSUER = "https://YOUR-TENANT.logto.app/oidc"
+PLACEHOLDER_UPSTREAM = "http://127.0.0.1:3000"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    resource: str  # the API resource indicator every protected route requires
+    source: str = "openapi.yaml"  # the document's name, in messages and the header comment
+    issuer: str | None = None  # None: a placeholder
+    organization_param: str | None = None  # a path parameter holding the organization id, besides the usual names
+    base_path: str | None = None  # replaces the servers' path prefix; "/" for none
+
+
+def generate(text: str, options: Options) -> str:
+    """The config for the OpenAPI document in `text`; `SpecError` for a document or option that cannot make one."""
+    base = _checked_options(options)
+    document = read_document(text, options.source, base_path=base)
+    routes = plan_routes(document, options.organization_param)
+    if all(route.requirement.left_out for route in routes):
+        raise SpecError([_left_out(route, options.source) for route in routes])
+    config = render(document, routes, options)
+    try:
+        parse_config(config)
+    except ConfigError as exc:  # a bug here, not in the document: say so rather than print a config check refuses
+        raise SpecError(
+            ["the generated config does not pass `scopegate check` (please report):", *exc.problems]
+        ) from exc
+    return config
+
+
+def _left_out(route: Route, source: str) -> str:
+    operation = route.operations[0]
+    where = f"{source}:{operation.line}" if operation.line else source
+    return f"{where}: {operation.method} {operation.path}: no route: {route.requirement.left_out}"
+
+
+def _checked_options(options: Options) -> str | None:
+    """The base path as a template prefix; a problem with an option is a `SpecError` naming the option."""
+    problems = []
+    parts = split_url(options.resource)
+    if parts is None or not parts.scheme or parts.fragment or options.resource.startswith(ORGANIZATION_AUDIENCE_PREFIX):
+        problems.append(
+            "--resource: expected an absolute URI without fragment (the API resource indicator the tokens' aud"
+            f" carries, like https://api.example.com); got {options.resource!r}"
+        )
+    if options.issuer is not None:
+        parts = split_url(options.issuer)
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.query
+            or parts.fragment
+        ):
+            problems.append(f"--issuer: expected an http(s) URL without query or fragment; got {options.issuer!r}")
+    base = None
+    if options.base_path is not None:
+        try:
+            base = template_prefix(options.base_path)
+        except ValueError as exc:
+            problems.append(f"--base-path: {exc}")
+    if problems:
+        raise SpecError(problems)
+    return base
+
+
+# --- rendering ------------------------------------------------------------------------------------------------
+
+
+def render(document: Document, routes: tuple[Route, ...], options: Options) -> str:
+    lines = [*_header(document, routes, options), "", *_settings(options), "", "routes:"]
+    for index, route in enumerate(routes):
+        lines += [*([""] if index else []), *_route(route, document, options.resource)]
+    return "\n".join(lines) + "\n"
+
+
+def _header(document: Document, routes: tuple[Route, ...], options: Options) -> list[str]:
+    made = sum(not route.requirement.left_out for route in routes)
+    title = f"{document.title} {document.version}".strip()
+    described = ", ".join(part for part in (title, f"OpenAPI {document.openapi}") if part)
+    paragraphs = [
+        f"Generated by `scopegate init --from-openapi` from {document.source} ({described}): "
+        f"{len(document.operations)} operations, {made} routes.",
+        "A starting point, not a reviewed policy: fill in the placeholders, read every route and its comments, then"
+        " run `scopegate check --config THIS-FILE`.",
+        _base_line(document),
+        "The first matching route wins, so at the first segment where two paths differ, the literal one comes first;"
+        " keep that order when you edit.",
+        f"Every protected route requires a token for the API resource {options.resource} (--resource).",
+    ]
+    if all(operation.security is None for operation in document.operations):
+        paragraphs.append(
+            "The document declares no security at all: every route requires a token for the resource anyway; make a"
+            " route `public: true` where anonymous calls are meant to pass."
+        )
+    return [line for paragraph in paragraphs for line in comments(paragraph)]
+
+
+def _base_line(document: Document) -> str:
+    bases = sorted({operation.base for operation in document.operations})
+    if bases == [""]:
+        return f"Paths are the document's own, with no prefix ({document.base_note})."
+    if len(bases) == 1:
+        return f"Paths are prefixed with {bases[0]} (from {document.base_note}); --base-path changes that."
+    return "Paths are prefixed with the path of each operation's first server URL; --base-path sets one prefix."
+
+
+def _settings(options: Options) -> list[str]:
+    lines = [
+        *comments("Placeholder: where allowed requests go (in a Kubernetes sidecar, the app container's port)."),
+        f"upstream: {PLACEHOLDER_UPSTREAM}",
+        "auth:",
+    ]
+    if options.issuer is None:
+        hint = "Placeholder: your issuer, exactly as in the tokens' iss (Logto: https://<tenant>.logto.app/oidc)."
+        lines += comments(hint, indent="  ")
+    lines.append(f"  issuer: {scalar(options.issuer or PLACEHOLDER_ISSUER)}")
+    return lines
+
+
+def _route(route: Route, document: Document, resource: str) -> list[str]:
+    name = PurePath(document.source).name
+    lines = [line for operation in route.operations for line in _operation_comment(operation, name)]
+    if route.requirement.left_out:
+        return [*lines, *comments(f"left out: {route.requirement.left_out}", indent="  ")]
+    lines += [line for note in route.notes_all for line in comments(note, indent="  ")]
+    methods = ", ".join(route.methods)
+    lines += [
+        f"  - name: {scalar(route.name)}",
+        f"    match: {{ path: {scalar(route.template.source, always_quote=True)}, methods: [{methods}] }}",
+    ]
+    need = route.requirement
+    if need.public:
+        return [*lines, "    public: true"]
+    lines.append(f"    resource: {scalar(resource)}")
+    if route.organization is not None:
+        lines.append(f"    organization: {{ from: path, name: {route.organization} }}")
+    scopes = ", ".join(scalar(scope) for scope in need.scopes)
+    if need.mode is ScopeMode.ANY:
+        lines.append(f"    scopes: {{ any: [{scopes}] }}")
+    elif need.scopes:
+        lines.append(f"    scopes: [{scopes}]")
+    return lines
+
+
+def _operation_comment(operation: Operation, source: str) -> list[str]:
+    where = f" ({source}:{operation.line})" if operation.line else ""
+    summary = f": {operation.summary}" if operation.summary else ""
+    return comments(f"{operation.method} {operation.path}{summary}{where}", indent="  ")
+
+
+# --- YAML text ----------------------------------------------------------------------------------------------
+
+# A plain scalar that YAML (1.1, as PyYAML reads it) takes for exactly this string, in block and flow context alike.
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.:/@+-]*")
+_YAML_WORDS = frozenset({"y", "n", "yes", "no", "true", "false", "on", "off", "null"})  # booleans and null, any case
+_COMMENT_WIDTH, _COMMENT_CHARS = 120, 480
+
+
+def scalar(text: str, *, always_quote: bool = False) -> str:
+    """`text` as a YAML scalar: plain when that reads back as the same string, else double-quoted."""
+    plain = _PLAIN.fullmatch(text) and not text.endswith(":") and text.lower() not in _YAML_WORDS
+    return text if plain and not always_quote else quoted(text)
+
+
+def quoted(text: str) -> str:
+    """A double-quoted YAML scalar in ASCII. Like json.dumps, but an astral character is one `\\U` escape: YAML
+    reads JSON's surrogate-pair escapes as two lone surrogates."""
+    return '"' + "".join(_escaped(char) for char in text) + '"'
+
+
+def _escaped(char: str) -> str:
+    if char in '"\\':
+        return "\\" + char
+    if " " <= char <= "~":
+        return char
+    code = ord(char)
+    return f"\\x{code:02X}" if code < 0x100 else f"\\u{code:04X}" if code < 0x10000 else f"\\U{code:08X}"
+
+
+def comments(text: str, *, indent: str = "") -> list[str]:
+    """`text` as `# ...` lines of at most 120 columns: line breaks and characters YAML refuses become spaces, and
+    text past a few lines is cut (a comment is a pointer, the document has the rest)."""
+    flat = " ".join("".join(char if char.isprintable() else " " for char in text).split())
+    if len(flat) > _COMMENT_CHARS:
+        flat = flat[: _COMMENT_CHARS - 3].rstrip() + "..."
+    width = _COMMENT_WIDTH - len(indent) - 2
+    return [f"{indent}# {line}" for line in textwrap.wrap(flat, width, break_on_hyphens=False)] or [f"{indent}#"]
+
+
+# --- the command ----------------------------------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "init",
+        help="print a starting config made from an OpenAPI 3 document",
+        description="Print a starting config for an API, one route per operation of its OpenAPI 3.0/3.1 document.",
+    )
+    spec_help = "the OpenAPI 3.0 or 3.1 document, YAML or JSON"
+    parser.add_argument("--from-openapi", dest="spec", type=Path, required=True, metavar="SPEC", help=spec_help)
+    resource_help = "the API resource indicator (the tokens' aud) every protected route requires"
+    parser.add_argument("--resource", required=True, metavar="URI", help=resource_help)
+    parser.add_argument("--issuer", metavar="URL", help="auth.issuer (default: a placeholder to fill in)")
+    organization_help = (
+        "a path parameter holding the organization id, besides organizationId, organization_id, orgId and org_id"
+    )
+    parser.add_argument("--organization-param", metavar="NAME", help=organization_help)
+    base_help = "prefix every path with P instead of the first server URL's path ('/' for none)"
+    parser.add_argument("--base-path", metavar="P", help=base_help)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the config on stdout (to redirect into a file); problems go to stderr, exit status 2."""
+    try:
+        text = Path(args.spec).read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"{args.spec}:1: cannot read the document: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    options = Options(
+        resource=args.resource,
+        source=str(args.spec),
+        issuer=args.issuer,
+        organization_param=args.organization_param,
+        base_path=args.base_path,
+    )
+    try:
+        config = generate(text, options)
+    except SpecError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return EXIT_INVALID
+    sys.stdout.write(config)
+    return EXIT_OK
