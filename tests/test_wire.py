@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from scopegate.config import Limits
 from scopegate.errors import BadRequest, Reason
+from scopegate.limits import Limits
 from scopegate.wire import Framing, connection_line, encode_response, read_framing, status_line
 
 LIMITS = Limits(max_body_bytes=1000)

@@ -18,13 +18,14 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from scopegate.config import AuthConfig, Config, Limits
+from scopegate.config import AuthConfig, Config
 from scopegate.decision import DecisionDoor
 from scopegate.discovery import HttpJwksFetcher, new_session
 from scopegate.frontdoor import FrontDoor, Ruleset
 from scopegate.gate import BearerCredentials
 from scopegate.issuers import IssuerVerifiers, KeyCaches, Verifier
 from scopegate.jwks import JwksCache
+from scopegate.limits import Limits
 from scopegate.observability import Metrics
 from scopegate.pipeline import Pipeline
 from scopegate.tokencache import TokenCache

@@ -9,12 +9,12 @@ the schema, have their own module (`rules.py`); this one holds what the process 
 from __future__ import annotations
 
 import hashlib
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from scopegate.cors import DEFAULT_HEADERS, DEFAULT_MAX_AGE_SECONDS, DEFAULT_METHODS, Cors
+from scopegate.cors import Cors, parse_cors
 from scopegate.errors import ConfigError
+from scopegate.limits import Limits, parse_limits
 from scopegate.rules import (
     BEARER_HEADER,
     PRESERVE_HOST,
@@ -100,20 +100,6 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Limits:
-    """HTTP/1.1 limits on the proxy port: a request over them is refused before anything reaches the upstream."""
-
-    max_request_line_bytes: int = 16384  # -> 414
-    max_header_bytes: int = 32768  # all header fields together -> 431
-    max_header_count: int = 100  # -> 431
-    max_body_bytes: int | None = None  # None: unlimited -> 413
-    request_header_timeout_seconds: float = 10.0  # the whole request head must arrive within this -> 408
-    keepalive_timeout_seconds: float = 75.0  # an idle client connection is closed after this
-    max_connections: int = 10000  # open client connections per process; more are answered 503 and closed
-    max_token_bytes: int = 16384  # a longer bearer token is refused as invalid_token (401) before any decoding
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     source: Path | None
     listen: HostPort
@@ -125,7 +111,7 @@ class Config:
     mode: Mode
     auth: AuthConfig
     routes: tuple[RouteRule, ...]
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     # `;` and `%3B` in a path are refused unless the upstream really uses matrix parameters: Tomcat, Jetty and
     # Spring drop `;x` before routing, so `/admin;x/secret` would be served as `/admin/secret`.
     allow_path_parameters: bool = False
@@ -165,7 +151,7 @@ _TOP_KEYS = (
     "forward_payload",
     "cors",
 )
-_ISSUER_KEYS = (
+ISSUER_KEYS = (
     "issuer",
     "jwks_uri",
     "algorithms",
@@ -173,7 +159,7 @@ _ISSUER_KEYS = (
     "jwks_refresh_seconds",
     "jwks_refetch_cooldown_seconds",
 )
-_AUTH_KEYS = (*_ISSUER_KEYS, "token_cache_entries", "issuers")
+_AUTH_KEYS = (*ISSUER_KEYS, "token_cache_entries", "issuers")
 DEFAULT_TOKEN_CACHE_ENTRIES = 4096
 
 
@@ -245,7 +231,7 @@ def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
     token_from = optional(members, "token_from", parse_token_from, BEARER_HEADER)
     forward_claims = optional(members, "forward_claims", parse_forward_claims, ())
     forward_payload = optional(members, "forward_payload", lambda f: f.boolean(), False)
-    cors = optional(members, "cors", _cors, None)
+    cors = optional(members, "cors", parse_cors, None)
     defaults = RouteDefaults(
         issuers=frozenset(issuer.issuer for issuer in auth.issuers) if auth is not None else frozenset(),
         mode=Mode(mode or Mode.ENFORCE),
@@ -257,7 +243,7 @@ def _parse_root(root: Field, source: Path | None, digest: str) -> Config | None:
         forward_payload=bool(forward_payload),
     )
     routes = optional(members, "routes", lambda f: parse_routes(f, defaults), None)
-    limits = optional(members, "limits", _limits, Limits())
+    limits = optional(members, "limits", parse_limits, Limits())
     path_parameters = optional(members, "allow_path_parameters", lambda f: f.boolean(), False)
     trust_forwarded = optional(members, "trust_forwarded_headers", lambda f: f.boolean(), True)
     decision = optional(members, "decision_listen", _host_port, None)
@@ -407,151 +393,6 @@ def _non_negative(field: Field) -> float | None:
     return field.number(minimum=0)
 
 
-# --- cors -----------------------------------------------------------------------------------------------------
-
-_CORS_KEYS = (
-    "allow_origins",
-    "allow_methods",
-    "allow_headers",
-    "expose_headers",
-    "allow_credentials",
-    "max_age_seconds",
-)
-
-
-def _cors(field: Field) -> Cors | None:
-    members = field.mapping(_CORS_KEYS)
-    if members is None:
-        return None
-    if "allow_origins" not in members:
-        field.missing("allow_origins")
-        return None
-    origins = _origins(members["allow_origins"])
-    methods = optional(members, "allow_methods", _method_names, DEFAULT_METHODS)
-    headers = optional(members, "allow_headers", _header_names, DEFAULT_HEADERS)
-    expose = optional(members, "expose_headers", _header_names, ())
-    credentials = optional(members, "allow_credentials", lambda f: f.boolean(), False)
-    max_age = optional(members, "max_age_seconds", lambda f: f.integer(minimum=0), DEFAULT_MAX_AGE_SECONDS)
-    if origins is None or methods is None or headers is None or expose is None or credentials is None:
-        return None
-    if max_age is None:
-        return None
-    if "*" in origins and credentials:
-        members["allow_origins"].error(
-            "'*' cannot be used with allow_credentials: true (browsers refuse it); list the origins instead"
-        )
-        return None
-    return Cors(
-        origins=frozenset(origins - {"*"}),
-        any_origin="*" in origins,
-        methods=methods,
-        headers=headers,
-        expose=expose,
-        credentials=credentials,
-        max_age_seconds=max_age,
-    )
-
-
-def _origins(field: Field) -> frozenset[str] | None:
-    items = field.strings()
-    if items is None:
-        return None
-    if not items:
-        field.error("list at least one origin (scheme://host[:port]) or '*'")
-        return None
-    ok = True
-    for origin, item in items:
-        parts = split_url(origin) if origin != "*" else None
-        if origin != "*" and (
-            parts is None
-            or parts.scheme not in ("http", "https")
-            or not parts.hostname
-            or parts.path
-            or parts.query
-            or parts.fragment
-        ):
-            item.error(
-                f"expected an origin like https://app.example.com (scheme://host[:port], no path) or '*';"
-                f" got {origin!r}"
-            )
-            ok = False
-    return frozenset(origin for origin, _ in items) if ok else None
-
-
-def _method_names(field: Field) -> tuple[str, ...] | None:
-    items = field.strings()
-    if items is None:
-        return None
-    bad = [item for method, item in items if not method.isupper() or not method.isalpha()]
-    for item in bad:
-        item.error("expected an upper-case HTTP method name")
-    return None if bad else tuple(method for method, _ in items)
-
-
-def _header_names(field: Field) -> tuple[str, ...] | None:
-    items = field.strings()
-    if items is None:
-        return None
-    bad = [item for name, item in items if not _TOKEN.fullmatch(name)]
-    for item in bad:
-        item.error("expected a header name")
-    return None if bad else tuple(name for name, _ in items)
-
-
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-
-# --- limits ---------------------------------------------------------------------------------------------------
-
-_LIMIT_KEYS = (
-    "max_request_line_bytes",
-    "max_header_bytes",
-    "max_header_count",
-    "max_body_bytes",
-    "request_header_timeout_seconds",
-    "keepalive_timeout_seconds",
-    "max_connections",
-    "max_token_bytes",
-)
-
-
-def _limits(field: Field) -> Limits | None:
-    members = field.mapping(_LIMIT_KEYS)
-    if members is None:
-        return None
-    default = Limits()
-
-    def whole(key: str, minimum: int, fallback: int | None) -> int | None:
-        return optional(members, key, lambda f: f.integer(minimum=minimum), fallback)
-
-    line = whole("max_request_line_bytes", 64, default.max_request_line_bytes)
-    header_bytes = whole("max_header_bytes", 256, default.max_header_bytes)
-    header_count = whole("max_header_count", 4, default.max_header_count)
-    body = whole("max_body_bytes", 0, None)
-    header_timeout = optional(
-        members, "request_header_timeout_seconds", _positive, default.request_header_timeout_seconds
-    )
-    keepalive = optional(members, "keepalive_timeout_seconds", _positive, default.keepalive_timeout_seconds)
-    connections = whole("max_connections", 1, default.max_connections)
-    token = whole("max_token_bytes", 256, default.max_token_bytes)
-    if line is None or header_bytes is None or header_count is None or header_timeout is None or keepalive is None:
-        return None
-    if connections is None or token is None:
-        return None
-    if body is None and "max_body_bytes" in members:
-        return None
-    return Limits(
-        max_request_line_bytes=line,
-        max_header_bytes=header_bytes,
-        max_header_count=header_count,
-        max_body_bytes=body,
-        request_header_timeout_seconds=header_timeout,
-        keepalive_timeout_seconds=keepalive,
-        max_connections=connections,
-        max_token_bytes=token,
-    )
-
-
 # --- auth -----------------------------------------------------------------------------------------------------
 
 
@@ -563,7 +404,7 @@ def _auth(field: Field) -> AuthConfig | None:
         members, "token_cache_entries", lambda f: f.integer(minimum=0), DEFAULT_TOKEN_CACHE_ENTRIES
     )
     if "issuers" in members:
-        single = [members[key] for key in _ISSUER_KEYS if key in members]
+        single = [members[key] for key in ISSUER_KEYS if key in members]
         for given in single:
             given.error("give either `issuer` (one issuer) or `issuers` (a list of issuer blocks), not both")
         issuers = _issuer_list(members["issuers"])
@@ -588,7 +429,7 @@ def _issuer_list(field: Field) -> tuple[IssuerConfig, ...] | None:
         return None
     issuers = []
     for item in items:
-        members = item.mapping(_ISSUER_KEYS)
+        members = item.mapping(ISSUER_KEYS)
         if members is None:
             continue
         if "issuer" not in members:

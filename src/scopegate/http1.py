@@ -20,8 +20,8 @@ from typing import NoReturn, Protocol
 
 import httptools
 
-from scopegate.config import Limits
 from scopegate.errors import BadRequest, Overloaded, Rejection
+from scopegate.limits import Limits
 from scopegate.request import Headers, RequestFacts
 from scopegate.transport import Connection
 from scopegate.wire import Framing, read_framing

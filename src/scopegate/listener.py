@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from scopegate.config import Limits
 from scopegate.http1 import ClientConnection, RequestHandler
+from scopegate.limits import Limits
 
 # How often deadlines are checked: coarse on purpose, since a timer per request would cost more than the checks.
 _SWEEP_SECONDS = 0.25

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 
-from scopegate.config import Limits
 from scopegate.errors import BadRequest
+from scopegate.limits import Limits
 from scopegate.responses import SERVER_HEADER
 
 

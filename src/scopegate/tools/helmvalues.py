@@ -15,7 +15,7 @@ from pathlib import Path
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from scopegate.config import EXTENSION_PREFIX, Config, config_from_field
+from scopegate.config import EXTENSION_PREFIX, ISSUER_KEYS, Config, config_from_field
 from scopegate.yamlnodes import Field, Problems, compose
 
 CHART_MODES = ("sidecar", "gateway", "decision", "library")
@@ -33,14 +33,6 @@ _PLACEHOLDERS = {
     "upstream": "http://127.0.0.1:3000",
     "decision_listen": "0.0.0.0:8181",
 }
-_SINGLE_ISSUER_KEYS = (
-    "issuer",
-    "jwks_uri",
-    "algorithms",
-    "leeway_seconds",
-    "jwks_refresh_seconds",
-    "jwks_refetch_cooldown_seconds",
-)
 # Top-level keys the chart writes only when they are set (not null); `limits` only when not empty either.
 _WHEN_SET = (
     "allow_path_parameters",
@@ -221,7 +213,7 @@ def _render_auth(auth: Field, warnings: list[tuple[int, str]]) -> MappingNode:
     several = any(name == "issuers" and _truthy(value) for name, (_, value) in zip(names, members, strict=True))
     kept: list[tuple[Node, Node]] = []
     for name, (key, value) in zip(names, members, strict=True):
-        if several and name in _SINGLE_ISSUER_KEYS:
+        if several and name in ISSUER_KEYS:
             if _truthy(value):
                 why = "ignored: with auth.issuers set, the chart writes only issuers and token_cache_entries"
                 warnings.append((key.start_mark.line + 1, f"config.auth.{name}: {why}"))
