@@ -140,11 +140,16 @@ class IssuerServer:
         self.running = await start_app(self.issuer.app(), self.port)
 
 
+async def start_issuer(path: str = "/oidc") -> IssuerServer:
+    """A development issuer on a free port, its issuer URL ending in `path`."""
+    port = free_port()
+    dev = DevIssuer(f"http://127.0.0.1:{port}{path}")
+    return IssuerServer(dev, await start_app(dev.app(), port), port)
+
+
 @pytest.fixture
 async def issuer() -> AsyncIterator[IssuerServer]:
-    port = free_port()
-    dev = DevIssuer(f"http://127.0.0.1:{port}/oidc")
-    server = IssuerServer(dev, await start_app(dev.app(), port), port)
+    server = await start_issuer()
     yield server
     await server.stop()
 

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from scopegate.config import Config, parse_config
-from scopegate.dev.issuer import DevIssuer
 from scopegate.errors import ConfigError
 
 from conftest import (
@@ -20,9 +19,8 @@ from conftest import (
     Proxy,
     ProxyFactory,
     Running,
-    free_port,
     make_config,
-    start_app,
+    start_issuer,
     wait_until,
 )
 
@@ -207,25 +205,6 @@ async def test_an_absent_claim_sends_no_header_and_routes_inherit_the_top_level(
     assert "X-Auth-Claims" not in headers
 
 
-@pytest.mark.parametrize(
-    ("snippet", "message"),
-    [
-        ("forward_claims: { email: Email }", "starting with X-Auth-"),
-        ("forward_claims: { sub: X-Auth-Subject }", "one of scopegate's own identity headers"),
-        ("forward_claims: { a: X-Auth-A, b: x-auth-a }", "the same header"),
-        ("forward_claims: { a..b: X-Auth-A }", "empty part"),
-    ],
-)
-def test_bad_claim_headers_are_config_errors(snippet: str, message: str) -> None:
-    text = f"upstream: http://127.0.0.1:1\nauth: {{issuer: https://i.example}}\n{snippet}\nroutes:\n"
-    text += "  - {name: r, match: {path: /x}, resource: https://api.example.com}\n"
-    with pytest.raises(ConfigError) as caught:
-        parse_config(text)
-    assert any(problem.startswith("<config>:3:") and message in problem for problem in caught.value.problems), (
-        caught.value.problems
-    )
-
-
 # --- CORS -------------------------------------------------------------------------------------------------------
 
 CORS_RULES = """
@@ -312,12 +291,16 @@ async def test_without_a_cors_block_nothing_changes(proxy: Proxy) -> None:
 @pytest.mark.parametrize(
     ("snippet", "message"),
     [
+        ("forward_claims: { email: Email }", "starting with X-Auth-"),
+        ("forward_claims: { sub: X-Auth-Subject }", "one of scopegate's own identity headers"),
+        ("forward_claims: { a: X-Auth-A, b: x-auth-a }", "the same header"),
+        ("forward_claims: { a..b: X-Auth-A }", "empty part"),
         ("cors: { allow_origins: ['*'], allow_credentials: true }", "cannot be used with allow_credentials"),
         ("cors: { allow_origins: [https://a.example/path] }", "expected an origin"),
         ("cors: { allow_methods: [GET] }", "missing required key 'allow_origins'"),
     ],
 )
-def test_bad_cors_blocks_are_config_errors(snippet: str, message: str) -> None:
+def test_bad_claim_headers_and_cors_blocks_are_config_errors_with_their_line(snippet: str, message: str) -> None:
     text = f"upstream: http://127.0.0.1:1\nauth: {{issuer: https://i.example}}\n{snippet}\nroutes:\n"
     text += "  - {name: r, match: {path: /x}, resource: https://api.example.com}\n"
     with pytest.raises(ConfigError) as caught:
@@ -332,9 +315,7 @@ def test_bad_cors_blocks_are_config_errors(snippet: str, message: str) -> None:
 
 @pytest.fixture
 async def second_issuer() -> AsyncIterator[IssuerServer]:
-    port = free_port()
-    dev = DevIssuer(f"http://127.0.0.1:{port}/tenant-b")
-    server = IssuerServer(dev, await start_app(dev.app(), port), port)
+    server = await start_issuer("/tenant-b")
     yield server
     await server.stop()
 
