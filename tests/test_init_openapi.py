@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -851,3 +853,31 @@ def test_init_options_are_the_documented_ones() -> None:
     )  # fmt: skip
     with pytest.raises(SystemExit):
         parser.parse_args(["init", "--from-openapi", "a.yaml"])  # --resource is required
+
+
+WALKTHROUGH = Path(__file__).resolve().parent.parent / "examples" / "openapi-walkthrough"
+
+
+def test_the_readme_walkthrough_is_what_the_commands_print() -> None:
+    """examples/openapi-walkthrough/ is the README's walkthrough: its config.yaml is exactly what `init` prints
+    today, its tests pass and `check --strict` is clean, so the README can never show an output that went stale."""
+    cli = [sys.executable, "-m", "scopegate"]
+    init = subprocess.run(
+        [*cli, "init", "--from-openapi", "openapi.yaml", "--resource", "https://api.example.com",
+         "--issuer", "https://tenant.logto.app/oidc"],
+        cwd=WALKTHROUGH, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    assert init.stdout == (WALKTHROUGH / "config.yaml").read_text(encoding="utf-8")
+    tested = subprocess.run(
+        [*cli, "test", "--config", "config.yaml", "tests.yaml"],
+        cwd=WALKTHROUGH, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert tested.returncode == 0, tested.stdout
+    assert tested.stdout.splitlines()[-1].endswith("passed, 0 failed")
+    checked = subprocess.run(
+        [*cli, "check", "--strict", "--config", "config.yaml"],
+        cwd=WALKTHROUGH, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout
+    assert "warning" not in checked.stdout
