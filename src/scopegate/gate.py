@@ -1,10 +1,11 @@
 """The one decision: what a request says in, a `Verdict` out, through the stages in their one order.
 
-    normalize path -> match route -> (public: allow) -> organization id -> credentials -> policy -> audit mode
+    normalize path -> (CORS preflight: answer) -> match route -> (public: allow) -> organization id
+        -> token (from the route's sources) -> credentials -> policy (issuer, audience, scopes, claims) -> audit mode
 
-Every front door decides through `Gate.decide`: the proxy port, `scopegate explain`, and whatever comes next (a
-decision endpoint for an ingress, policy tests). Only how the request arrives and how the verdict leaves differ, so
-two front doors can never disagree about a request: there is no second copy of the stage order to drift.
+Every front door decides through `Gate.decide`: the proxy port, the decision endpoint, `scopegate explain` and
+`scopegate test`. Only how the request arrives and how the verdict leaves differ, so two front doors can never
+disagree about a request: there is no second copy of the stage order to drift.
 
 `decide` is synchronous whenever the credentials are (a public route, a refused request, a token already in the
 verified-token cache) and returns a coroutine only when a token must be verified: the common case costs no task,
