@@ -36,6 +36,7 @@ from faultlib import (
 IMPATIENT = """
 limits:
   request_header_timeout_seconds: 1
+  send_timeout_seconds: 1
 """
 PATIENT = """
 limits:
@@ -122,6 +123,27 @@ async def test_a_client_leaving_mid_download(gate: Gate, scripted: ScriptedUpstr
         assert (line["decision"], line["detail"]) == ("allow", "client_closed_mid_body"), how
         await gate.settles(baseline, scripted, pooled=0)
     await gate.assert_denials_stay_out(scripted)
+    gate.assert_clean()
+
+
+async def test_a_client_that_stops_reading_is_cut_off_after_the_send_timeout(
+    gate: Gate, scripted: ScriptedUpstream
+) -> None:
+    """Slow read: a client takes the head and a little body, then reads nothing and never closes. Once its buffers
+    are full and nothing has moved for `limits.send_timeout_seconds`, scopegate cuts it off, closes the upstream
+    connection feeding it, and logs why; nothing stays open."""
+    baseline = gate.snapshot()
+    scripted.script(b"/f/slow-reader", endless_download)
+    reader, writer = await gate.connect()
+    writer.write(gate.head("GET", "/f/slow-reader"))
+    assert (await read_head(reader)).status == 200
+    await reader.readexactly(MiB)
+    writer.transport.pause_reading()  # and from here on, read nothing: the socket buffers fill up
+    await until(lambda: scripted.connections_open == 0, "the proxy closed the upstream connection")
+    line = await gate.decision("/f/slow-reader")
+    assert (line["status"], line["detail"]) == (200, "client_not_reading")
+    writer.transport.abort()
+    await gate.settles(baseline, scripted, pooled=0)
     gate.assert_clean()
 
 

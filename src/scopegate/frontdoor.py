@@ -240,4 +240,6 @@ class FrontDoor:
 
 
 def gone_detail(connection: ClientConnection, otherwise: str) -> str:
-    return "cut_at_shutdown" if connection.cut_at_shutdown else otherwise
+    if connection.cut_at_shutdown:
+        return "cut_at_shutdown"
+    return "client_not_reading" if connection.cut_for_not_reading else otherwise

@@ -233,8 +233,10 @@ class ClientConnection(Connection):
         self._dispatching = False
         self._discard_budget = 0  # bytes still accepted and dropped while lingering before a close
         self.cut_at_shutdown = False  # still busy when the drain's grace period ended
+        self.cut_for_not_reading = False  # the client stopped reading what it was sent for `limits.send_timeout`
         self.deadline = 0.0
         self.deadline_kind = _HEAD
+        self.send_deadline = float("inf")  # while writing is paused (the client is not reading): when to give up
 
     # --- asyncio.Protocol --------------------------------------------------------------------------------------
 
@@ -307,11 +309,13 @@ class ClientConnection(Connection):
                 active.consumer.client_lost()
 
     def pause_writing(self) -> None:
+        self.send_deadline = self._server.now() + self.limits.send_timeout_seconds
         active = self._active
         if active is not None and active.consumer is not None:
             active.consumer.client_paused()
 
     def resume_writing(self) -> None:
+        self.send_deadline = float("inf")
         active = self._active
         if active is not None and active.consumer is not None:
             active.consumer.client_resumed()
@@ -447,7 +451,15 @@ class ClientConnection(Connection):
 
     def expire(self, now: float) -> None:
         """Called by the server's sweep: act on a passed deadline."""
-        if now < self.deadline or self.transport is None or self.transport.is_closing():
+        if self.transport is None:
+            return
+        if now >= self.send_deadline:
+            # Not `close()`, which would wait for a buffer the client never reads: a slow-read client would hold
+            # its connection, and what the upstream sent into it, for good.
+            self.cut_for_not_reading = True
+            self.transport.abort()
+            return
+        if now < self.deadline or self.transport.is_closing():
             return
         kind = self.deadline_kind
         if kind == _HEAD and self._head_started and self._active is None:

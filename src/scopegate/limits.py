@@ -22,6 +22,7 @@ class Limits:
     keepalive_timeout_seconds: float = 75.0  # an idle client connection is closed after this
     max_connections: int = 10000  # open client connections per process; more are answered 503 and closed
     max_token_bytes: int = 16384  # a longer bearer token is refused as invalid_token (401) before any decoding
+    send_timeout_seconds: float = 60.0  # a client that reads nothing of its response for this long is cut off
 
 
 _LIMIT_KEYS = (
@@ -33,6 +34,7 @@ _LIMIT_KEYS = (
     "keepalive_timeout_seconds",
     "max_connections",
     "max_token_bytes",
+    "send_timeout_seconds",
 )
 
 
@@ -55,9 +57,10 @@ def parse_limits(field: Field) -> Limits | None:
     keepalive = optional(members, "keepalive_timeout_seconds", _positive, default.keepalive_timeout_seconds)
     connections = whole("max_connections", 1, default.max_connections)
     token = whole("max_token_bytes", 256, default.max_token_bytes)
+    send = optional(members, "send_timeout_seconds", _positive, default.send_timeout_seconds)
     if line is None or header_bytes is None or header_count is None or header_timeout is None or keepalive is None:
         return None
-    if connections is None or token is None:
+    if connections is None or token is None or send is None:
         return None
     if body is None and "max_body_bytes" in members:
         return None
@@ -70,6 +73,7 @@ def parse_limits(field: Field) -> Limits | None:
         keepalive_timeout_seconds=keepalive,
         max_connections=connections,
         max_token_bytes=token,
+        send_timeout_seconds=send,
     )
 
 

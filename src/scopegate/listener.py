@@ -77,5 +77,5 @@ class Http1Server:
             await asyncio.sleep(_SWEEP_SECONDS)
             now = self.now()
             for connection in list(self.connections):
-                if connection.deadline <= now:
+                if connection.deadline <= now or connection.send_deadline <= now:
                     connection.expire(now)
