@@ -421,11 +421,8 @@ def _auth(field: Field) -> AuthConfig | None:
 
 
 def _issuer_list(field: Field) -> tuple[IssuerConfig, ...] | None:
-    items = field.sequence()
+    items = field.sequence(empty="list at least one issuer block ({issuer: URL, ...})")
     if items is None:
-        return None
-    if not items:
-        field.error("list at least one issuer block ({issuer: URL, ...})")
         return None
     issuers = []
     for item in items:
@@ -467,11 +464,8 @@ def _issuer(members: dict[str, Field]) -> IssuerConfig | None:
 
 
 def _algorithms(field: Field) -> frozenset[str] | None:
-    items = field.strings()
+    items = field.strings(empty="must list at least one algorithm")
     if items is None:
-        return None
-    if not items:
-        field.error("must list at least one algorithm")
         return None
     allowed = ", ".join(sorted(ASYMMETRIC_ALGORITHMS))
     ok = True

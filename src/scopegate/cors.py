@@ -111,11 +111,8 @@ def parse_cors(field: Field) -> Cors | None:
 
 
 def _origins(field: Field) -> frozenset[str] | None:
-    items = field.strings()
+    items = field.strings(empty="list at least one origin (scheme://host[:port]) or '*'")
     if items is None:
-        return None
-    if not items:
-        field.error("list at least one origin (scheme://host[:port]) or '*'")
         return None
     ok = True
     for origin, item in items:

@@ -190,11 +190,8 @@ _MOVED_ROUTE_KEYS = {"path": "match", "methods": "match"}
 
 
 def parse_routes(field: Field, defaults: RouteDefaults) -> tuple[RouteRule, ...] | None:
-    items = field.sequence()
+    items = field.sequence(empty="must list at least one route (requests matching no route are denied with 404)")
     if items is None:
-        return None
-    if not items:
-        field.error("must list at least one route (requests matching no route are denied with 404)")
         return None
     rules = [_route(item, defaults) for item in items]
     _check_unique_names(items, rules)
@@ -343,11 +340,8 @@ def _merged_claim_headers(
 
 
 def _route_issuers(field: Field, configured: frozenset[str]) -> frozenset[str] | None:
-    items = field.strings()
+    items = field.strings(empty="list at least one issuer (leave `issuers` out to accept every configured issuer)")
     if items is None:
-        return None
-    if not items:
-        field.error("list at least one issuer (leave `issuers` out to accept every configured issuer)")
         return None
     unknown = [(issuer, item) for issuer, item in items if configured and issuer not in configured]
     for issuer, item in unknown:
@@ -359,11 +353,8 @@ _TOKEN_FROM_EXAMPLE = "header, {cookie: NAME} or {query: NAME}"
 
 
 def parse_token_from(field: Field) -> tuple[TokenSource, ...] | None:
-    items = field.sequence()
+    items = field.sequence(empty=f"list at least one place the token may be: {_TOKEN_FROM_EXAMPLE}")
     if items is None:
-        return None
-    if not items:
-        field.error(f"list at least one place the token may be: {_TOKEN_FROM_EXAMPLE}")
         return None
     sources = [_token_source(item) for item in items]
     if None in sources:
@@ -472,11 +463,8 @@ def _template(field: Field) -> PathTemplate | None:
 
 
 def _methods(field: Field) -> frozenset[str] | None:
-    items = field.strings()
+    items = field.strings(empty="must list at least one method (leave `methods` out to allow any method)")
     if items is None:
-        return None
-    if not items:
-        field.error("must list at least one method (leave `methods` out to allow any method)")
         return None
     unknown = [(method, item) for method, item in items if method not in HTTP_METHODS]
     for method, item in unknown:

@@ -119,9 +119,13 @@ class Field:
                 members[key] = Field(value_node, crumb, self.problems, key_node)
         return members
 
-    def sequence(self) -> list[Field] | None:
+    def sequence(self, *, empty: str = "") -> list[Field] | None:
+        """The items of a list; with `empty`, an empty list is that problem (and None)."""
         if not isinstance(self.node, SequenceNode):
             self.error(f"expected a list; got {_kind(self.node)}")
+            return None
+        if empty and not self.node.value:
+            self.error(empty)
             return None
         return [self.child(item, f"[{index}]") for index, item in enumerate(self.node.value)]
 
@@ -253,9 +257,10 @@ class Field:
             return None
         return value
 
-    def strings(self) -> list[tuple[str, Field]] | None:
-        """A list of non-empty strings, each with its own field for per-item errors; None if any item is not one."""
-        items = self.sequence()
+    def strings(self, *, empty: str = "") -> list[tuple[str, Field]] | None:
+        """A list of non-empty strings, each with its own field for per-item errors; None if any item is not one.
+        With `empty`, an empty list is that problem."""
+        items = self.sequence(empty=empty)
         if items is None:
             return None
         values = [item.string() for item in items]  # every item is checked, so every bad one is reported
