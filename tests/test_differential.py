@@ -75,10 +75,7 @@ STRICTER: Mapping[str, str] = {
 }
 
 # Cases scopegate lets through and Envoy refuses. Every one is signed by the issuer, so none is a forgery.
-LAXER: Mapping[str, str] = {
-    # RFC 7519 section 4.1.7 says jti is a string; scopegate type-checks only the claims it reads (README: Decisions).
-    "jti-as-number": "scopegate never reads jti",
-}
+LAXER: Mapping[str, str] = {}
 
 PATH = "/diff/resource"
 RULES = """

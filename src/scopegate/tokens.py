@@ -241,6 +241,7 @@ def claims_from_payload(payload: Mapping[str, Any]) -> Claims:
 def _claims(payload: dict[str, Any], expires_at: float) -> Claims:
     """`payload` must be a dict nobody else holds: `raw` is a read-only view of it, not a copy."""
     scope = _optional_string(payload, "scope") or ""
+    _optional_string(payload, "jti")  # RFC 7519 section 4.1.7: a string; an upstream may read it as one
     return Claims(
         subject=_optional_string(payload, "sub"),
         client_id=_optional_string(payload, "client_id"),
