@@ -33,11 +33,13 @@ from tokenlib import (
     TestKey,
     as_bytes,
     b64,
+    flip_signature_byte,
     hmac_token,
     jwks,
     logto_claims,
     parts,
     raw_token,
+    tamper_payload,
     with_signature,
 )
 
@@ -117,19 +119,6 @@ def payload_text(**members: str) -> bytes:
 
 
 VALID = EC_A.token(logto_claims())
-
-
-def flip_signature_byte(token: str) -> str:
-    signature = bytearray(parts(token)[2])
-    signature[10] ^= 0x01
-    return with_signature(token, bytes(signature))
-
-
-def tamper_payload(token: str) -> str:
-    """The same signature over a payload that grants one more scope."""
-    head, _, signature = token.split(".")
-    claims = json.loads(parts(token)[1]) | {"scope": "read:items write:items admin"}
-    return f"{head}.{b64(as_bytes(claims))}.{signature}"
 
 
 def non_canonical(token: str) -> str:

@@ -27,11 +27,13 @@ from tokenlib import (
     TestKey,
     as_bytes,
     b64,
+    flip_signature_byte,
     hmac_token,
     jwks,
     logto_claims,
     parts,
     raw_token,
+    tamper_payload,
     with_signature,
 )
 
@@ -58,19 +60,6 @@ def payload_text(now: float, **members: str) -> bytes:
     """A payload whose JSON text is written by hand: members given as raw JSON values (duplicates, NaN ...)."""
     claims = {**{name: json.dumps(value) for name, value in logto_claims(now).items()}, **members}
     return ("{" + ",".join(f'"{name}":{value}' for name, value in claims.items()) + "}").encode()
-
-
-def flip_signature_byte(token: str) -> str:
-    signature = bytearray(parts(token)[2])
-    signature[10] ^= 0x01
-    return with_signature(token, bytes(signature))
-
-
-def tamper_payload(token: str) -> str:
-    """The same signature over a payload that grants one more scope."""
-    head, _, signature = token.split(".")
-    claims = json.loads(parts(token)[1]) | {"scope": "read:items write:items admin"}
-    return f"{head}.{b64(as_bytes(claims))}.{signature}"
 
 
 def non_canonical(token: str) -> str:

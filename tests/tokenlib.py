@@ -141,3 +141,16 @@ def parts(token: str) -> tuple[bytes, bytes, bytes]:
 
 def with_signature(token: str, signature: bytes) -> str:
     return token.rsplit(".", 1)[0] + "." + b64(signature)
+
+
+def flip_signature_byte(token: str) -> str:
+    signature = bytearray(parts(token)[2])
+    signature[10] ^= 0x01
+    return with_signature(token, bytes(signature))
+
+
+def tamper_payload(token: str) -> str:
+    """The same signature over a payload that grants one more scope."""
+    head, _, signature = token.split(".")
+    claims = json.loads(parts(token)[1]) | {"scope": "read:items write:items admin"}
+    return f"{head}.{b64(as_bytes(claims))}.{signature}"

@@ -221,19 +221,7 @@ def _metrics(running: Running) -> dict[str, float]:
     """The admin /metrics samples, by name with labels (`scopegate_token_cache_lookups_total{result="hit"}`)."""
     if running.admin_port is None:
         raise HarnessError("scopegate: no admin port to read /metrics from")
-    try:
-        reply = net.get(running.admin_port, "/metrics")
-    except OSError as exc:
-        raise HarnessError(f"scopegate: GET /metrics on the admin port failed: {exc}") from exc
-    if reply.status != 200:
-        raise HarnessError(f"scopegate: GET /metrics on the admin port answered {reply.status}")
-    values = {}
-    for line in reply.body.decode(errors="replace").splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            with contextlib.suppress(ValueError):
-                values[name] = float(value)
-    return values
+    return net.scrape_metrics(running.admin_port)
 
 
 def _document(

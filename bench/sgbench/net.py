@@ -64,3 +64,20 @@ def wait_ready(proc: Proc, check: Callable[[], bool], what: str, timeout: float)
         if time.monotonic() > deadline:
             raise HarnessError(f"{proc.name}: not {what} after {timeout:.0f} s:\n{proc.log_tail()}")
         time.sleep(0.05)
+
+
+def scrape_metrics(admin_port: int) -> dict[str, float]:
+    """scopegate's admin /metrics samples by name with labels (`scopegate_jwks_refresh_total{result="success"}`)."""
+    try:
+        reply = get(admin_port, "/metrics")
+    except OSError as exc:
+        raise HarnessError(f"scopegate: GET /metrics on the admin port failed: {exc}") from exc
+    if reply.status != 200:
+        raise HarnessError(f"scopegate: GET /metrics on the admin port answered {reply.status}")
+    values = {}
+    for line in reply.body.decode(errors="replace").splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                values[name] = float(value)
+    return values

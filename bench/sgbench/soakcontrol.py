@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -109,19 +108,7 @@ def _handler_for(issuer: Issuer) -> type[BaseHTTPRequestHandler]:
 
 def scrape(admin_port: int) -> Metrics:
     """The admin /metrics samples by name with labels (`scopegate_jwks_refresh_total{result="success"}`)."""
-    try:
-        reply = net.get(admin_port, "/metrics")
-    except OSError as exc:
-        raise HarnessError(f"scopegate: GET /metrics on the admin port failed: {exc}") from exc
-    if reply.status != 200:
-        raise HarnessError(f"scopegate: GET /metrics answered {reply.status}")
-    values = {}
-    for line in reply.body.decode(errors="replace").splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            with contextlib.suppress(ValueError):
-                values[name] = float(value)
-    return values
+    return net.scrape_metrics(admin_port)
 
 
 def config_hashes(metrics: Metrics) -> set[str]:
