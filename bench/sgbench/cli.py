@@ -348,8 +348,8 @@ def _run_meta(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, A
     """What every results file says about its run: when, on what, which code, which versions, which settings."""
     return {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": _machine(),
-        "commit": _commit(args.scopegate_ref),
+        "machine": machine_description(),
+        "commit": commit_description(args.scopegate_ref),
         "versions": _versions(),
         "settings": settings,
     }
@@ -363,7 +363,7 @@ def _output(argv: list[str]) -> str:
     return (result.stdout + result.stderr).strip()
 
 
-def _machine() -> str:
+def machine_description() -> str:
     model = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -375,7 +375,7 @@ def _machine() -> str:
     return f"{os.cpu_count()} vCPU {model}, Linux {platform.release()}"
 
 
-def _commit(ref: str | None) -> str:
+def commit_description(ref: str | None) -> str:
     """Which scopegate was measured: a revision (--scopegate-ref), or HEAD and whether src/ had local changes."""
     if ref is not None:
         return f"{ref} ({_output(['git', '-C', str(REPO_DIR), 'rev-parse', '--short', ref])}, via --scopegate-ref)"

@@ -91,7 +91,7 @@ class _Sampler:
         self._last_requests = 0
 
     def sample(self, requests: int, label: str | None = None, not_ok: int = 0) -> dict[str, Any]:
-        memory = _session_memory_kb(self.running.proc.pid)
+        memory = session_memory_kb(self.running.proc.pid)
         metrics = _metrics(self.running)
         now = time.monotonic()
         rate = None
@@ -199,7 +199,7 @@ def run(settings: Settings, procs: ProcessSet, work: Path, scopegate_src: Path |
     return 0 if verdict["clean"] and verdict["idle_ok"] and verdict["flat"] else 1
 
 
-def _session_memory_kb(sid: int) -> dict[str, int]:
+def session_memory_kb(sid: int) -> dict[str, int]:
     """VmRSS and VmHWM (kB) from /proc/<pid>/status, summed over the session's processes (scopegate: one)."""
     totals = {"VmRSS": 0, "VmHWM": 0, "processes": 0}
     for pid in session_members(sid):

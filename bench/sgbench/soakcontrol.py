@@ -32,7 +32,7 @@ from . import net
 from .fixtures import issuer_url
 from .keys import discovery_document, jwks_document
 from .layout import LOOPBACK
-from .memory import _session_memory_kb
+from .memory import session_memory_kb
 from .procs import HarnessError, Proc
 from .soakcheck import Clocks
 from .soaktokens import KeyRing, TokenBook
@@ -290,7 +290,7 @@ class Resources:
     def sample(self) -> dict[str, float] | None:
         """A sample, or None when the process is gone."""
         try:
-            memory = _session_memory_kb(self.proc.pid)
+            memory = session_memory_kb(self.proc.pid)
             fds = len(os.listdir(f"/proc/{self.proc.pid}/fd"))
         except (HarnessError, OSError):
             return None

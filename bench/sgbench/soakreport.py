@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cli import _commit, _machine
+from .cli import commit_description, machine_description
 from .report import write_json
 from .soakplan import KINDS, Case
 
@@ -33,8 +33,8 @@ def meta(settings: Settings) -> dict[str, Any]:
         version = "?"
     return {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": _machine(),
-        "commit": _commit(None),
+        "machine": machine_description(),
+        "commit": commit_description(None),
         "versions": f"scopegate {version}, Python {platform.python_version()}",
     }
 
